@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Assemble a CPU libtorch 2.13.0 from PyPI wheels into ./libtorch (git-ignored), so that plain
+# `cargo build/test/run` work (see .cargo/config.toml and build.rs). Idempotent: a second run
+# that finds the finished folder returns at once.
+#
+#   scripts/setup.sh          CPU libtorch (~490 MB unpacked)
+#   scripts/setup.sh --cuda   also unpack libtorch_cuda and the nvidia runtime libraries it needs
+#
+# A LIBTORCH already exported by the user (e.g. a CUDA build) is respected: nothing is fetched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.13.0
+CUDART_VERSION=13.0.96
+CUPTI_VERSION=13.0.85
+dest=libtorch
+stamp="$dest/.stargan-stamp"
+want="torch-$TORCH_VERSION cudart-$CUDART_VERSION cupti-$CUPTI_VERSION${1:+ $1}"
+
+# torch-sys compiles a C++ wrapper: it needs g++.
+if ! command -v g++ >/dev/null 2>&1; then
+  echo "setup: installing g++" >&2
+  apt-get update -qq && apt-get install -y -qq g++ >/dev/null
+fi
+
+if [ -n "${LIBTORCH:-}" ] && [ "$(realpath -m "$LIBTORCH")" != "$(realpath -m "$dest")" ]; then
+  echo "setup: using LIBTORCH=$LIBTORCH from the environment" >&2
+  exit 0
+fi
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+py=$(command -v python3 || command -v python || true)
+if [ -z "$py" ] || ! "$py" -m pip --version >/dev/null 2>&1; then
+  echo "setup: installing python3-pip" >&2
+  apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
+  py=$(command -v python3)
+fi
+
+cache=.cache/wheels
+mkdir -p "$cache"
+# The wheel's libraries do not depend on the Python version; pin the tag so every machine
+# fetches the same file whatever its Python is.
+"$py" -m pip download -q --no-deps --only-binary=:all: \
+  --python-version 3.11 --implementation cp --platform manylinux_2_28_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_25_x86_64 \
+  -d "$cache" "torch==$TORCH_VERSION" "nvidia-cuda-runtime==$CUDART_VERSION" \
+  "nvidia-cuda-cupti==$CUPTI_VERSION"
+
+tmp=$(mktemp -d "${dest}.tmp.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+torch_whl=$(ls "$cache"/torch-"$TORCH_VERSION"-*.whl | head -n1)
+libs=(torch/lib/libtorch_cpu.so torch/lib/libtorch.so torch/lib/libc10.so torch/lib/libgomp.so.1)
+if [ "${1:-}" = "--cuda" ]; then
+  libs+=(torch/lib/libtorch_cuda.so torch/lib/libc10_cuda.so 'torch/lib/libtorch_cuda_linalg.so'
+         torch/lib/libtorch_nvshmem.so torch/lib/libcaffe2_nvrtc.so)
+fi
+python_unzip() { "$py" - "$@" <<'PY'
+import sys, zipfile, fnmatch
+whl, out, pats = sys.argv[1], sys.argv[2], sys.argv[3:]
+with zipfile.ZipFile(whl) as z:
+    for n in z.namelist():
+        if any(fnmatch.fnmatch(n, p) for p in pats):
+            z.extract(n, out)
+PY
+}
+python_unzip "$torch_whl" "$tmp" 'torch/include/*' 'torch/share/cmake/*' "${libs[@]}"
+mkdir -p "$tmp/lib"
+mv "$tmp"/torch/include "$tmp/include"
+mv "$tmp"/torch/share "$tmp/share"
+mv "$tmp"/torch/lib/* "$tmp/lib/"
+rmdir "$tmp/torch/lib" "$tmp/torch"
+for w in "$cache"/nvidia_cuda_runtime-"$CUDART_VERSION"-*.whl "$cache"/nvidia_cuda_cupti-"$CUPTI_VERSION"-*.whl; do
+  python_unzip "$w" "$tmp/nv" 'nvidia/cu13/lib/libcudart.so.13' 'nvidia/cu13/lib/libcupti.so.13'
+done
+mv "$tmp"/nv/nvidia/cu13/lib/* "$tmp/lib/"
+rm -rf "$tmp/nv"
+echo "$TORCH_VERSION" > "$tmp/build-version"
+echo "$want" > "$tmp/.stargan-stamp"
+rm -rf "$dest"
+mv "$tmp" "$dest"
+trap - EXIT
+echo "setup: libtorch $TORCH_VERSION ready in $dest ($(du -sh "$dest" | cut -f1))" >&2

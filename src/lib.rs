@@ -1,0 +1,1 @@
+//! StarGAN on libtorch.
