@@ -1,1 +1,12 @@
-//! StarGAN on libtorch.
+//! StarGAN (Choi et al., CVPR 2018) on libtorch: one generator that translates images between
+//! many domains, trained with one discriminator that also classifies domains.
+
+pub mod checkpoint;
+pub mod config;
+pub mod labels;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod tensorboard;
+pub mod train;

@@ -1,0 +1,308 @@
+//! Checkpoints: the reference's `torch.save` files, our own resumable format, and exports.
+//!
+//! Three kinds of file are read, told apart by their first bytes, not their names:
+//! - the reference's `{step}-G.ckpt` / `{step}-D.ckpt` (`torch.save(state_dict)`, zip container or
+//!   the legacy pickle container of PyTorch < 1.6), read by [`torch_pickle`];
+//! - safetensors with the reference's keys (what `stargan export` writes, and what a PyTorch user
+//!   can `load_state_dict(safetensors.torch.load_file(...))`);
+//! - our training checkpoint: one safetensors file holding G (`G.` keys), D (`D.` keys), both
+//!   optimisers' moments (`G_opt.` / `D_opt.` keys) and, in its metadata, the run's configuration,
+//!   iteration, learning rates and RNG state as JSON.
+//!
+//! Every write goes to a temporary name in the destination folder and is renamed into place, so an
+//! interrupted or failed write (a full disk) never leaves a half-written checkpoint behind.
+
+pub mod torch_pickle;
+
+use crate::model::{DiscriminatorConfig, GeneratorConfig};
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+use torch_pickle::{DType, RawTensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoint {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Pickle { path: PathBuf, source: torch_pickle::PickleError },
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// Which container a file is, judged by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `torch.save` zip container (PyTorch >= 1.6).
+    TorchZip,
+    /// `torch.save` legacy pickle container (PyTorch < 1.6, the 2018 pretrained models).
+    TorchLegacy,
+    Safetensors,
+}
+
+pub fn sniff(path: &Path) -> Result<Format, CheckpointError> {
+    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+    let mut head = [0u8; 9];
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let n = std::io::Read::read(&mut f, &mut head).map_err(io)?;
+    let head = &head[..n];
+    // safetensors first: its 8-byte header length can start with any byte, 0x80 and 'P' included.
+    if head.len() == 9 && head[8] == b'{' {
+        Ok(Format::Safetensors)
+    } else if head.starts_with(b"PK") {
+        Ok(Format::TorchZip)
+    } else if head.first() == Some(&0x80) {
+        Ok(Format::TorchLegacy)
+    } else {
+        Err(CheckpointError::Invalid {
+            path: path.to_path_buf(),
+            reason: "not a checkpoint (neither a torch.save file nor safetensors)".into(),
+        })
+    }
+}
+
+/// A loaded file: its tensors by name, and the safetensors metadata if any.
+#[derive(Debug, Default)]
+pub struct TensorFile {
+    pub tensors: HashMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+fn kind_of(dtype: DType) -> Kind {
+    match dtype {
+        DType::F64 => Kind::Double,
+        DType::F32 => Kind::Float,
+        DType::F16 => Kind::Half,
+        DType::BF16 => Kind::BFloat16,
+        DType::I64 => Kind::Int64,
+        DType::I32 => Kind::Int,
+        DType::I16 => Kind::Int16,
+        DType::I8 => Kind::Int8,
+        DType::U8 => Kind::Uint8,
+        DType::Bool => Kind::Bool,
+    }
+}
+
+fn raw_to_tensor(raw: &RawTensor) -> Tensor {
+    let shape: Vec<i64> = raw.shape.iter().map(|&d| d as i64).collect();
+    Tensor::from_data_size(&raw.data, &shape, kind_of(raw.dtype))
+}
+
+/// Read every tensor of a checkpoint file, whatever its container.
+pub fn read_tensors(path: &Path) -> Result<TensorFile, CheckpointError> {
+    match sniff(path)? {
+        Format::TorchZip | Format::TorchLegacy => {
+            let entries = torch_pickle::read_state_dict(path)
+                .map_err(|source| CheckpointError::Pickle { path: path.to_path_buf(), source })?;
+            let tensors = entries.iter().map(|(k, raw)| (k.clone(), raw_to_tensor(raw))).collect();
+            Ok(TensorFile { tensors, metadata: HashMap::new() })
+        }
+        Format::Safetensors => read_safetensors(path),
+    }
+}
+
+fn st_kind(dtype: safetensors::Dtype) -> Option<Kind> {
+    use safetensors::Dtype as D;
+    Some(match dtype {
+        D::F64 => Kind::Double,
+        D::F32 => Kind::Float,
+        D::F16 => Kind::Half,
+        D::BF16 => Kind::BFloat16,
+        D::I64 => Kind::Int64,
+        D::I32 => Kind::Int,
+        D::I16 => Kind::Int16,
+        D::I8 => Kind::Int8,
+        D::U8 => Kind::Uint8,
+        D::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
+
+fn read_safetensors(path: &Path) -> Result<TensorFile, CheckpointError> {
+    let bytes =
+        std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
+    let bad = |reason: String| CheckpointError::Safetensors { path: path.to_path_buf(), reason };
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        let kind = st_kind(view.dtype())
+            .ok_or_else(|| bad(format!("tensor `{name}` has unsupported dtype {:?}", view.dtype())))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        tensors.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
+    }
+    Ok(TensorFile { tensors, metadata: meta.metadata().clone().unwrap_or_default() })
+}
+
+fn kind_to_st(kind: Kind) -> safetensors::Dtype {
+    use safetensors::Dtype as D;
+    match kind {
+        Kind::Double => D::F64,
+        Kind::Half => D::F16,
+        Kind::BFloat16 => D::BF16,
+        Kind::Int64 => D::I64,
+        Kind::Int => D::I32,
+        Kind::Int16 => D::I16,
+        Kind::Int8 => D::I8,
+        Kind::Uint8 => D::U8,
+        Kind::Bool => D::BOOL,
+        _ => D::F32,
+    }
+}
+
+/// A tensor's bytes, C-contiguous, little-endian, on the CPU.
+pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+    let t = t.detach().to_device(Device::Cpu).contiguous();
+    let numel = t.numel();
+    let mut buf = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.copy_data_u8(&mut buf, numel);
+    buf
+}
+
+struct Owned {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl safetensors::View for &Owned {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Write `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let err = |source| CheckpointError::Write { path: path.to_path_buf(), source };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+/// Write named tensors (and string metadata) as one safetensors file, atomically.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), CheckpointError> {
+    let owned: Vec<(String, Owned)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let o = Owned {
+                dtype: kind_to_st(t.kind()),
+                shape: t.size().iter().map(|&d| d as usize).collect(),
+                data: tensor_bytes(t),
+            };
+            (n.clone(), o)
+        })
+        .collect();
+    let views: Vec<(&str, &Owned)> = owned.iter().map(|(n, o)| (n.as_str(), o)).collect();
+    let bytes = safetensors::serialize(views, &metadata)
+        .map_err(|e| CheckpointError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    write_atomic(path, &bytes)
+}
+
+/// Write named tensors as a reference-format `torch.save` zip file (`{step}-G.ckpt`), atomically.
+pub fn write_torch(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), CheckpointError> {
+    let raw: Vec<(String, RawTensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let dtype = match t.kind() {
+                Kind::Int64 => DType::I64,
+                Kind::Double => DType::F64,
+                _ => DType::F32,
+            };
+            let t = if dtype == DType::F32 { t.to_kind(Kind::Float) } else { t.shallow_clone() };
+            let shape = t.size().iter().map(|&d| d as usize).collect();
+            (n.clone(), RawTensor { dtype, shape, data: tensor_bytes(&t) })
+        })
+        .collect();
+    torch_pickle::write_state_dict(path, &raw)
+        .map_err(|source| CheckpointError::Pickle { path: path.to_path_buf(), source })
+}
+
+/// Tensors whose names start with `prefix`, with the prefix removed (`G.main.0.weight` → `main.0.weight`).
+pub fn strip_prefix(tensors: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+    tensors
+        .iter()
+        .filter_map(|(k, t)| k.strip_prefix(prefix).map(|k| (k.to_string(), t.shallow_clone())))
+        .collect()
+}
+
+fn shape_of(tensors: &HashMap<String, Tensor>, key: &str, path: &Path) -> Result<Vec<i64>, CheckpointError> {
+    tensors.get(key).map(Tensor::size).ok_or_else(|| CheckpointError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("no `{key}`: this is not a StarGAN network"),
+    })
+}
+
+/// The generator's architecture, read off its weights: conv_dim and c_dim from `main.0.weight`
+/// (`[conv_dim, 3 + c_dim, 7, 7]`), repeat_num from the residual blocks present.
+pub fn infer_generator(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<GeneratorConfig, CheckpointError> {
+    let s = shape_of(tensors, "main.0.weight", path)?;
+    if s.len() != 4 || s[1] < 4 || s[2] != 7 {
+        return Err(CheckpointError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!(
+                "`main.0.weight` has shape {s:?}, not a StarGAN generator's [conv_dim, 3+c_dim, 7, 7]"
+            ),
+        });
+    }
+    let blocks: BTreeSet<&str> = tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("main.")?.split_once(".main.").map(|(i, _)| i))
+        .collect();
+    Ok(GeneratorConfig { conv_dim: s[0], c_dim: s[1] - 3, repeat_num: blocks.len() as i64 })
+}
+
+/// The discriminator's architecture: repeat_num from its `main.{2i}` convolutions, conv_dim from
+/// the first, c_dim and image_size from the classification head's kernel.
+pub fn infer_discriminator(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<DiscriminatorConfig, CheckpointError> {
+    let first = shape_of(tensors, "main.0.weight", path)?;
+    let head = shape_of(tensors, "conv2.weight", path)?;
+    let repeat_num =
+        (0..).take_while(|i| tensors.contains_key(&format!("main.{}.weight", 2 * i))).count() as i64;
+    if first.len() != 4 || head.len() != 4 || first[1] != 3 {
+        return Err(CheckpointError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("weights of shapes {first:?} and {head:?} are not a StarGAN discriminator"),
+        });
+    }
+    Ok(DiscriminatorConfig {
+        image_size: head[2] << repeat_num,
+        conv_dim: first[0],
+        c_dim: head[0],
+        repeat_num,
+    })
+}

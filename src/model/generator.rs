@@ -1,0 +1,148 @@
+//! G(x, c): the target label is tiled over the image and concatenated as extra input channels;
+//! Conv7 → two stride-2 downsamplings → residual blocks → two transposed-conv upsamplings →
+//! Conv7 → tanh, with instance norm + ReLU after every convolution but the last. No biases.
+
+use super::{conv_weight, InstanceNorm, NormStats, Weights};
+use tch::{Device, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GeneratorConfig {
+    /// Channels after the first convolution (64 in the paper).
+    pub conv_dim: i64,
+    /// Length of the label vector c (with the mask vector included in joint training).
+    pub c_dim: i64,
+    /// Residual blocks in the bottleneck (6 in the paper).
+    pub repeat_num: i64,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self { conv_dim: 64, c_dim: 5, repeat_num: 6 }
+    }
+}
+
+#[derive(Debug)]
+struct ConvNorm {
+    weight: Tensor,
+    norm: InstanceNorm,
+    stride: i64,
+    padding: i64,
+    transposed: bool,
+}
+
+impl ConvNorm {
+    fn forward(&self, x: &Tensor, stats: NormStats) -> Tensor {
+        let y = if self.transposed {
+            x.conv_transpose2d(&self.weight, None::<Tensor>, [self.stride], [self.padding], [0], 1, [1])
+        } else {
+            x.conv2d(&self.weight, None::<Tensor>, [self.stride], [self.padding], [1], 1)
+        };
+        self.norm.forward(&y, stats)
+    }
+}
+
+#[derive(Debug)]
+struct ResidualBlock {
+    first: ConvNorm,
+    second: ConvNorm,
+}
+
+impl ResidualBlock {
+    fn forward(&self, x: &Tensor, stats: NormStats) -> Tensor {
+        let h = self.first.forward(x, stats).relu();
+        x + self.second.forward(&h, stats)
+    }
+}
+
+#[derive(Debug)]
+pub struct Generator {
+    pub config: GeneratorConfig,
+    pub weights: Weights,
+    /// main.0 / main.1, then the two downsamplings (main.3/4, main.6/7).
+    encoder: Vec<ConvNorm>,
+    /// main.9 ... main.{8+repeat_num}.
+    bottleneck: Vec<ResidualBlock>,
+    /// The two transposed convolutions and their norms.
+    decoder: Vec<ConvNorm>,
+    /// The final Conv7 to RGB.
+    to_rgb: Tensor,
+}
+
+/// A convolution (or transposed convolution) of the given weight shape, followed by instance norm.
+struct Spec {
+    shape: [i64; 4],
+    stride: i64,
+    padding: i64,
+    transposed: bool,
+}
+
+fn conv_norm(w: &mut Weights, conv: String, norm: String, spec: Spec, device: Device) -> ConvNorm {
+    let Spec { shape, stride, padding, transposed } = spec;
+    let weight = conv_weight(w, format!("{conv}.weight"), shape, device);
+    let channels = if transposed { shape[1] } else { shape[0] };
+    let norm = InstanceNorm::new(w, &norm, channels, device);
+    ConvNorm { weight, norm, stride, padding, transposed }
+}
+
+impl Generator {
+    /// A freshly initialised generator (PyTorch's default initialisation; seed with
+    /// `tch::manual_seed` for reproducibility).
+    pub fn new(config: GeneratorConfig, device: Device) -> Self {
+        let GeneratorConfig { conv_dim, c_dim, repeat_num } = config;
+        let mut w = Weights::default();
+        let conv = |shape, stride, padding| Spec { shape, stride, padding, transposed: false };
+        // Layer indices follow the reference's nn.Sequential: conv, norm, ReLU per stage.
+        let first = conv([conv_dim, 3 + c_dim, 7, 7], 1, 3);
+        let mut encoder = vec![conv_norm(&mut w, "main.0".into(), "main.1".into(), first, device)];
+        let mut dim = conv_dim;
+        let mut index = 3;
+        for _ in 0..2 {
+            let (c, n) = (format!("main.{index}"), format!("main.{}", index + 1));
+            encoder.push(conv_norm(&mut w, c, n, conv([dim * 2, dim, 4, 4], 2, 1), device));
+            dim *= 2;
+            index += 3;
+        }
+        let mut bottleneck = Vec::new();
+        for _ in 0..repeat_num {
+            let p = format!("main.{index}.main");
+            let square = [dim, dim, 3, 3];
+            let first = conv_norm(&mut w, format!("{p}.0"), format!("{p}.1"), conv(square, 1, 1), device);
+            let second = conv_norm(&mut w, format!("{p}.3"), format!("{p}.4"), conv(square, 1, 1), device);
+            bottleneck.push(ResidualBlock { first, second });
+            index += 1;
+        }
+        let mut decoder = Vec::new();
+        for _ in 0..2 {
+            // ConvTranspose2d weights are [in, out, k, k].
+            let spec = Spec { shape: [dim, dim / 2, 4, 4], stride: 2, padding: 1, transposed: true };
+            let (c, n) = (format!("main.{index}"), format!("main.{}", index + 1));
+            decoder.push(conv_norm(&mut w, c, n, spec, device));
+            dim /= 2;
+            index += 3;
+        }
+        let to_rgb = conv_weight(&mut w, format!("main.{index}.weight"), [3, dim, 7, 7], device);
+        Self { config, weights: w, encoder, bottleneck, decoder, to_rgb }
+    }
+
+    /// G(x, c) with per-image instance-norm statistics that update the running averages, as the
+    /// reference computes it in training and in its test routine.
+    pub fn forward(&self, x: &Tensor, c: &Tensor) -> Tensor {
+        self.forward_with(x, c, NormStats::PerImage)
+    }
+
+    pub fn forward_with(&self, x: &Tensor, c: &Tensor, stats: NormStats) -> Tensor {
+        let (n, _, h, w) = x.size4().expect("G expects an NCHW batch");
+        let c = c.view([n, -1, 1, 1]).repeat([1, 1, h, w]);
+        let mut y = Tensor::cat(&[x, &c], 1);
+        for layer in &self.encoder {
+            y = layer.forward(&y, stats).relu();
+        }
+        for block in &self.bottleneck {
+            y = block.forward(&y, stats);
+        }
+        for layer in &self.decoder {
+            y = layer.forward(&y, stats).relu();
+        }
+        y.conv2d(&self.to_rgb, None::<Tensor>, [1], [3], [1], 1).tanh()
+    }
+}

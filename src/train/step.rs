@@ -1,0 +1,165 @@
+//! One StarGAN iteration: the D update and, every n_critic iterations, the G update.
+//!
+//! The step takes everything random as input (the target permutation and the gradient-penalty
+//! mixing weights) so that the same step can replay the reference's fixtures or a resumed run.
+
+use crate::labels::LabelLayout;
+use crate::loss;
+use crate::model::{Discriminator, Generator};
+use crate::optim::Adam;
+use tch::Tensor;
+
+/// Loss weights λ_cls, λ_rec, λ_gp.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Lambdas {
+    pub cls: f64,
+    pub rec: f64,
+    pub gp: f64,
+}
+
+impl Default for Lambdas {
+    fn default() -> Self {
+        Self { cls: 1.0, rec: 10.0, gp: 10.0 }
+    }
+}
+
+/// One batch of one dataset, with the randomness of its iteration.
+#[derive(Debug)]
+pub struct Batch {
+    /// Images `[N,3,H,W]` in [-1, 1].
+    pub x: Tensor,
+    /// Which dataset of the layout the batch comes from.
+    pub domain: usize,
+    /// Original labels: `[N, dim]` 0/1 for multi-label data, `[N]` class indices for one-hot data.
+    pub label: Tensor,
+    /// Targets are `label[rand_idx]`, a permutation of the batch's own labels.
+    pub rand_idx: Tensor,
+    /// Gradient-penalty mixing weights, `[N]` in [0, 1).
+    pub alpha: Tensor,
+}
+
+impl Batch {
+    pub fn label_trg(&self) -> Tensor {
+        self.label.index_select(0, &self.rand_idx)
+    }
+}
+
+/// D's losses of one iteration, as scalar tensors (read them only when logging: reading forces a
+/// device synchronisation).
+#[derive(Debug)]
+pub struct DLosses {
+    pub real: Tensor,
+    pub fake: Tensor,
+    pub cls: Tensor,
+    pub gp: Tensor,
+    pub total: Tensor,
+}
+
+#[derive(Debug)]
+pub struct GLosses {
+    pub fake: Tensor,
+    pub rec: Tensor,
+    pub cls: Tensor,
+    pub total: Tensor,
+}
+
+/// The two networks, their optimisers and the objective's weights.
+#[derive(Debug)]
+pub struct StarGan {
+    pub g: Generator,
+    pub d: Discriminator,
+    pub layout: LabelLayout,
+    pub lambdas: Lambdas,
+    pub g_opt: Adam,
+    pub d_opt: Adam,
+}
+
+fn gradients(loss: &Tensor, params: &[Tensor]) -> Vec<Tensor> {
+    Tensor::run_backward(&[loss], params, false, false)
+}
+
+impl StarGan {
+    pub fn new(
+        g: Generator,
+        d: Discriminator,
+        layout: LabelLayout,
+        lambdas: Lambdas,
+        lr: (f64, f64),
+        betas: (f64, f64),
+    ) -> Self {
+        let g_opt = Adam::new(&g.weights.parameters(), lr.0, betas.0, betas.1);
+        let d_opt = Adam::new(&d.weights.parameters(), lr.1, betas.0, betas.1);
+        Self { g, d, layout, lambdas, g_opt, d_opt }
+    }
+
+    /// L_D = L_adv(real) + L_adv(fake) + λ_cls·L_cls(real, c_org) + λ_gp·GP.
+    pub fn d_loss(&self, b: &Batch) -> DLosses {
+        let kind = self.layout.domains[b.domain].kind;
+        let c_trg = self.layout.condition(b.domain, &b.label_trg());
+
+        let (out_src, out_cls) = self.d.forward(&b.x);
+        let real = loss::adversarial_real(&out_src);
+        let cls = loss::classification(&self.layout.slice_logits(b.domain, &out_cls), &b.label, kind);
+
+        let x_fake = self.g.forward(&b.x, &c_trg).detach();
+        let (out_src, _) = self.d.forward(&x_fake);
+        let fake = loss::adversarial_fake(&out_src);
+
+        let gp = loss::gradient_penalty(&self.d, &b.x, &x_fake, &b.alpha);
+
+        let total = &real + &fake + &cls * self.lambdas.cls + &gp * self.lambdas.gp;
+        DLosses { real, fake, cls, gp, total }
+    }
+
+    /// L_G = −L_adv(fake) + λ_rec·L_rec + λ_cls·L_cls(fake, c_trg).
+    pub fn g_loss(&self, b: &Batch) -> GLosses {
+        let kind = self.layout.domains[b.domain].kind;
+        let label_trg = b.label_trg();
+        let c_org = self.layout.condition(b.domain, &b.label);
+        let c_trg = self.layout.condition(b.domain, &label_trg);
+
+        let x_fake = self.g.forward(&b.x, &c_trg);
+        let (out_src, out_cls) = self.d.forward(&x_fake);
+        let fake = -loss::adversarial_fake(&out_src);
+        let cls = loss::classification(&self.layout.slice_logits(b.domain, &out_cls), &label_trg, kind);
+
+        let x_rec = self.g.forward(&x_fake, &c_org);
+        let rec = loss::reconstruction(&b.x, &x_rec);
+
+        let total = &fake + &rec * self.lambdas.rec + &cls * self.lambdas.cls;
+        GLosses { fake, rec, cls, total }
+    }
+
+    /// D's gradients of L_D, in parameter order (the GP term's double backward included).
+    pub fn d_gradients(&self, b: &Batch) -> (DLosses, Vec<Tensor>) {
+        let losses = self.d_loss(b);
+        let grads = gradients(&losses.total, &self.d.weights.parameters());
+        (losses, grads)
+    }
+
+    /// G's gradients of L_G. Only G's parameters are differentiated: D's gradients, which the
+    /// reference computes and throws away, are never formed.
+    pub fn g_gradients(&self, b: &Batch) -> (GLosses, Vec<Tensor>) {
+        let losses = self.g_loss(b);
+        let grads = gradients(&losses.total, &self.g.weights.parameters());
+        (losses, grads)
+    }
+
+    pub fn d_step(&mut self, b: &Batch) -> DLosses {
+        let (losses, grads) = self.d_gradients(b);
+        self.d_opt.step(&self.d.weights.parameters(), &grads);
+        losses
+    }
+
+    pub fn g_step(&mut self, b: &Batch) -> GLosses {
+        let (losses, grads) = self.g_gradients(b);
+        self.g_opt.step(&self.g.weights.parameters(), &grads);
+        losses
+    }
+
+    /// Set both learning rates (decay schedules).
+    pub fn set_lr(&mut self, g_lr: f64, d_lr: f64) {
+        self.g_opt.lr = g_lr;
+        self.d_opt.lr = d_lr;
+    }
+}

@@ -1,0 +1,86 @@
+//! Helpers shared by the integration tests: the reference's parity fixtures.
+#![allow(dead_code)]
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// Root of the fixture sets: `STARGAN_PARITY_DIR`, else `../shared/parity` beside the repo.
+pub fn parity_root() -> PathBuf {
+    match std::env::var_os("STARGAN_PARITY_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/parity"),
+    }
+}
+
+/// Every scenario folder (one holding an `expected.json`), sorted.
+pub fn scenarios() -> Vec<PathBuf> {
+    let root = parity_root();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("cannot list parity fixtures in {}: {e}", root.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("expected.json").is_file())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no parity scenarios under {}", root.display());
+    dirs
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Expected {
+    pub dataset: String,
+    pub image_size: i64,
+    pub g_conv_dim: i64,
+    pub g_repeat_num: i64,
+    pub d_conv_dim: i64,
+    pub d_repeat_num: i64,
+    pub c_dim: i64,
+    pub c2_dim: Option<i64>,
+    pub selected_attrs: Option<Vec<String>>,
+    pub batch_size: i64,
+    pub iterations: usize,
+    pub n_critic: usize,
+    pub g_lr: f64,
+    pub d_lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub lambda_cls: f64,
+    pub lambda_rec: f64,
+    pub lambda_gp: f64,
+    pub losses: Vec<HashMap<String, serde_json::Value>>,
+}
+
+pub fn load_expected(dir: &Path) -> Expected {
+    let text = std::fs::read_to_string(dir.join("expected.json")).expect("read expected.json");
+    serde_json::from_str(&text).expect("parse expected.json")
+}
+
+pub fn load_tensors(dir: &Path) -> HashMap<String, Tensor> {
+    stargan::checkpoint::read_tensors(&dir.join("tensors.safetensors"))
+        .expect("read tensors.safetensors")
+        .tensors
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shape mismatch");
+    let a = a.to_kind(tch::Kind::Double);
+    let b = b.to_kind(tch::Kind::Double);
+    (a - b).abs().max().double_value(&[])
+}
+
+/// Asserts max|a − e| ≤ tol · max(max|e|, 1e-12), i.e. relative to the tensor's scale; returns the
+/// achieved relative error.
+pub fn assert_close_rel(what: &str, actual: &Tensor, expected: &Tensor, tol: f64) -> f64 {
+    let scale = expected.to_kind(tch::Kind::Double).abs().max().double_value(&[]).max(1e-12);
+    let err = max_abs_diff(actual, expected) / scale;
+    assert!(err <= tol, "{what}: relative error {err:.3e} exceeds {tol:.0e}");
+    err
+}
+
+pub fn assert_close_abs(what: &str, actual: &Tensor, expected: &Tensor, tol: f64) -> f64 {
+    let err = max_abs_diff(actual, expected);
+    assert!(err <= tol, "{what}: absolute error {err:.3e} exceeds {tol:.0e}");
+    err
+}

@@ -1,0 +1,100 @@
+//! The networks' shapes, names and initialisation against the reference's.
+
+use stargan::model::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, Role};
+use tch::{Device, Kind, Tensor};
+
+#[test]
+fn default_configs_have_the_reference_parameter_counts() {
+    let cases = [(5, 8_430_528, 44_762_048), (8, 8_439_936, 44_786_624)];
+    for (c_dim, g_count, d_count) in cases {
+        let g = Generator::new(GeneratorConfig { c_dim, ..Default::default() }, Device::Cpu);
+        let d = Discriminator::new(DiscriminatorConfig { c_dim, ..Default::default() }, Device::Cpu);
+        assert_eq!(g.weights.num_parameters(), g_count, "G with c_dim {c_dim}");
+        assert_eq!(d.weights.num_parameters(), d_count, "D with c_dim {c_dim}");
+    }
+}
+
+#[test]
+fn parameter_paths_are_the_reference_state_dict_keys() {
+    let g = Generator::new(GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 2 }, Device::Cpu);
+    let keys: Vec<&str> = g.weights.iter().map(|(k, _, _)| k).collect();
+    for k in [
+        "main.0.weight",
+        "main.1.running_mean",
+        "main.1.num_batches_tracked",
+        "main.9.main.0.weight",
+        "main.9.main.4.running_var",
+        "main.10.main.3.weight",
+        "main.11.weight",
+        "main.15.bias",
+        "main.17.weight",
+    ] {
+        assert!(keys.contains(&k), "G lacks {k}");
+    }
+    // State-dict order: a module's parameters, then its buffers, layer by layer.
+    assert_eq!(
+        &keys[..6],
+        [
+            "main.0.weight",
+            "main.1.weight",
+            "main.1.bias",
+            "main.1.running_mean",
+            "main.1.running_var",
+            "main.1.num_batches_tracked"
+        ]
+    );
+    let d = Discriminator::new(
+        DiscriminatorConfig { image_size: 32, conv_dim: 8, c_dim: 5, repeat_num: 5 },
+        Device::Cpu,
+    );
+    let keys: Vec<&str> = d.weights.iter().map(|(k, _, _)| k).collect();
+    assert_eq!(keys.first(), Some(&"main.0.weight"));
+    assert_eq!(&keys[keys.len() - 2..], ["conv1.weight", "conv2.weight"]);
+    assert_eq!(d.weights.get("conv2.weight").unwrap().size(), [5, 128, 1, 1]);
+}
+
+#[test]
+fn initialisation_follows_pytorch_defaults() {
+    tch::manual_seed(0);
+    let d = Discriminator::new(
+        DiscriminatorConfig { image_size: 32, conv_dim: 8, c_dim: 5, repeat_num: 5 },
+        Device::Cpu,
+    );
+    // Conv biases are U(-1/sqrt(fan_in), 1/sqrt(fan_in)), not zero as tch's defaults would have it.
+    let bias = d.weights.get("main.0.bias").unwrap();
+    let bound = 1.0 / (3.0f64 * 16.0).sqrt();
+    let max = bias.abs().max().double_value(&[]);
+    assert!(max > 0.3 * bound && max <= bound, "bias magnitude {max} vs bound {bound}");
+    let w = d.weights.get("main.2.weight").unwrap();
+    let bound = 1.0 / (8.0f64 * 16.0).sqrt();
+    let (lo, hi) = (w.min().double_value(&[]), w.max().double_value(&[]));
+    assert!(
+        lo >= -bound && hi <= bound && hi > 0.9 * bound && lo < -0.9 * bound,
+        "weights in [{lo}, {hi}], bound {bound}"
+    );
+    let g = Generator::new(GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 2 }, Device::Cpu);
+    assert_eq!(g.weights.get("main.1.weight").unwrap().sum(Kind::Float).double_value(&[]), 8.0);
+    assert_eq!(g.weights.get("main.1.running_var").unwrap().sum(Kind::Float).double_value(&[]), 8.0);
+    assert!(g.weights.iter().filter(|(_, _, r)| *r == Role::Buffer).all(|(_, t, _)| !t.requires_grad()));
+}
+
+#[test]
+fn forward_shapes_and_running_statistics() {
+    let g = Generator::new(GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 2 }, Device::Cpu);
+    let d = Discriminator::new(
+        DiscriminatorConfig { image_size: 32, conv_dim: 8, c_dim: 5, repeat_num: 5 },
+        Device::Cpu,
+    );
+    let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let c = Tensor::ones([2, 5], (Kind::Float, Device::Cpu));
+    let before = g.weights.get("main.1.running_mean").unwrap().copy();
+    let y = tch::no_grad(|| g.forward_with(&x, &c, stargan::model::NormStats::PerImageFrozen));
+    assert_eq!(y.size(), [2, 3, 32, 32]);
+    assert!(y.abs().max().double_value(&[]) <= 1.0, "tanh output");
+    assert_eq!(g.weights.get("main.1.running_mean").unwrap(), &before, "frozen statistics moved");
+    let _ = tch::no_grad(|| g.forward(&x, &c));
+    assert_ne!(g.weights.get("main.1.running_mean").unwrap(), &before, "train-mode statistics did not move");
+    let (src, cls) = d.forward(&x);
+    assert_eq!(src.size(), [2, 1, 1, 1]);
+    assert_eq!(cls.size(), [2, 5]);
+}
