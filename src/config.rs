@@ -100,6 +100,8 @@ pub struct TrainConfig {
 
     // Test configuration.
     pub test_iters: Option<u64>,
+    /// Continue from the checkpoint of this iteration, or `latest`.
+    pub resume_iters: Option<String>,
 
     // Miscellaneous.
     pub num_workers: usize,
@@ -161,6 +163,7 @@ impl Default for TrainConfig {
             lr_decay: LrDecay::Linear,
             seed: 0,
             test_iters: None,
+            resume_iters: None,
             num_workers: 1,
             use_tensorboard: true,
             device: DeviceChoice::Auto,
@@ -243,8 +246,10 @@ impl TrainConfig {
                 (g, d)
             }
             LrDecay::Linear => {
-                let done = (n * step).min(self.num_iters_decay) as f64;
-                let f = (1.0 - done / decay).max(0.0);
+                // A decay window longer than the run covers the whole run.
+                let window = self.num_iters_decay.min(self.num_iters).max(1);
+                let done = (n * step).min(window) as f64;
+                let f = (1.0 - done / window as f64).max(0.0);
                 (self.g_lr * f, self.d_lr * f)
             }
         }
@@ -276,12 +281,6 @@ impl TrainConfig {
             return Err(format!(
                 "--image-size {} must be a multiple of 4 (G downsamples twice)",
                 self.image_size
-            ));
-        }
-        if self.num_iters_decay > self.num_iters {
-            return Err(format!(
-                "--num-iters-decay {} exceeds --num-iters {}",
-                self.num_iters_decay, self.num_iters
             ));
         }
         Ok(())

@@ -2,8 +2,11 @@
 //! many domains, trained with one discriminator that also classifies domains.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod data;
+pub mod error;
+pub mod image_io;
 pub mod labels;
 pub mod loss;
 pub mod model;

@@ -1,4 +1,89 @@
+//! `stargan`: train, test and use StarGAN models.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use stargan::cli::translate::{ExportArgs, InfoArgs, TranslateArgs};
+use stargan::cli::RunArgs;
+use stargan::train::Outcome;
+
+#[derive(Parser)]
+#[command(name = "stargan", version, about = "StarGAN: multi-domain image-to-image translation on libtorch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train G and D (with no dataset flags: the built-in synthetic faces, CPU-sized).
+    Train(Box<RunArgs>),
+    /// Translate an image or a folder with a trained generator.
+    Translate(TranslateArgs),
+    /// Describe a checkpoint: its format, inferred architecture and parameter counts.
+    Info(InfoArgs),
+    /// Write a training checkpoint's G and D with the reference's keys (safetensors or .ckpt).
+    Export(ExportArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STARGAN_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).without_time().init();
+}
+
+fn install_signal_handler() {
+    // First Ctrl-C / SIGTERM: finish the iteration, save a checkpoint, exit. Second: exit at once.
+    let _ = ctrlc::set_handler(|| {
+        if stargan::train::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint after this iteration (Ctrl-C again to quit now)");
+    });
+}
+
+fn set_threads(threads: usize) {
+    let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+    tch::set_num_threads(n as i32);
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => {
+            let cfg = args.resolve()?;
+            set_threads(cfg.threads);
+            install_signal_handler();
+            match stargan::train::train(&cfg)? {
+                Outcome::Finished { iterations } => {
+                    println!(
+                        "trained {iterations} iterations; checkpoints in {}",
+                        cfg.model_save_dir.display()
+                    )
+                }
+                Outcome::Interrupted { iteration, checkpoint } => println!(
+                    "stopped at iteration {iteration}; saved {}; continue with --resume-iters {iteration}",
+                    checkpoint.display()
+                ),
+            }
+        }
+        Command::Translate(args) => {
+            set_threads(0);
+            for path in stargan::cli::translate::translate(&args)? {
+                println!("{}", path.display());
+            }
+        }
+        Command::Info(args) => print!("{}", stargan::cli::translate::info(&args)?),
+        Command::Export(args) => {
+            for path in stargan::cli::translate::export(&args)? {
+                println!("{}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() {
-    let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-    println!("{}", t.sum(tch::Kind::Float).double_value(&[]));
+    init_logging();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }

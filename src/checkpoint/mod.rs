@@ -12,6 +12,7 @@
 //! Every write goes to a temporary name in the destination folder and is renamed into place, so an
 //! interrupted or failed write (a full disk) never leaves a half-written checkpoint behind.
 
+pub mod native;
 pub mod torch_pickle;
 
 use crate::model::{DiscriminatorConfig, GeneratorConfig};

@@ -6,14 +6,18 @@
 //! split, the order of an `ImageFolder`, the exact pixels fed to the network)
 //! it is reproduced exactly; see each module's documentation.
 
+pub mod build;
 pub mod celeba;
 pub mod error;
 pub mod folder;
 pub mod pyrandom;
+pub mod source;
+pub mod synthetic;
 pub mod transform;
 
 pub use celeba::{AttributeTable, Sample, Split};
 pub use error::DataError;
 pub use folder::ImageFolder;
 pub use pyrandom::Random;
+pub use source::{HostBatch, Label, Loader, Source};
 pub use transform::{load_image, Pipeline};

@@ -1,0 +1,142 @@
+//! Our resumable training checkpoint: one safetensors file per saved iteration,
+//! `{model_save_dir}/{iteration}.stargan.safetensors`.
+//!
+//! Tensors: `G.<key>` and `D.<key>` with the reference's state-dict keys (buffers included), and
+//! `G_opt.exp_avg.<i>` / `G_opt.exp_avg_sq.<i>` (likewise `D_opt.`) for Adam's moments in
+//! parameter order. The safetensors metadata entry `stargan` holds [`Meta`] as JSON: the full
+//! configuration, the iteration, Adam's step counts and learning rates, and the label layout.
+//! Randomness needs no saved state: every draw is a function of (seed, iteration), see `rng`.
+
+use super::{read_tensors, strip_prefix, write_safetensors, CheckpointError, TensorFile};
+use crate::config::TrainConfig;
+use crate::labels::LabelLayout;
+use crate::model::{DiscriminatorConfig, GeneratorConfig};
+use crate::train::StarGan;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const SUFFIX: &str = ".stargan.safetensors";
+const META_KEY: &str = "stargan";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub format_version: u32,
+    /// Iterations completed.
+    pub iteration: u64,
+    pub g_adam_step: i64,
+    pub d_adam_step: i64,
+    pub g_lr: f64,
+    pub d_lr: f64,
+    pub layout: LabelLayout,
+    pub g: GeneratorConfig,
+    pub d: DiscriminatorConfig,
+    pub config: TrainConfig,
+}
+
+pub fn path_for(dir: &Path, iteration: u64) -> PathBuf {
+    dir.join(format!("{iteration}{SUFFIX}"))
+}
+
+/// The highest iteration with a checkpoint in `dir`, if any.
+pub fn latest(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(SUFFIX)?.parse().ok())
+        .max()
+}
+
+pub fn save(
+    path: &Path,
+    model: &StarGan,
+    iteration: u64,
+    config: &TrainConfig,
+) -> Result<(), CheckpointError> {
+    let meta = Meta {
+        format_version: 1,
+        iteration,
+        g_adam_step: model.g_opt.step,
+        d_adam_step: model.d_opt.step,
+        g_lr: model.g_opt.lr,
+        d_lr: model.d_opt.lr,
+        layout: model.layout.clone(),
+        g: model.g.config,
+        d: model.d.config,
+        config: config.clone(),
+    };
+    let mut tensors = Vec::new();
+    for (prefix, entries) in [
+        ("G.", model.g.weights.snapshot()),
+        ("D.", model.d.weights.snapshot()),
+        ("G_opt.", model.g_opt.state()),
+        ("D_opt.", model.d_opt.state()),
+    ] {
+        tensors.extend(entries.into_iter().map(|(k, t)| (format!("{prefix}{k}"), t)));
+    }
+    let json = serde_json::to_string(&meta).expect("checkpoint metadata serialises");
+    write_safetensors(path, &tensors, Some(HashMap::from([(META_KEY.to_string(), json)])))
+}
+
+/// A training checkpoint read back: its metadata and all tensors.
+pub struct Loaded {
+    pub meta: Meta,
+    pub file: TensorFile,
+}
+
+impl Loaded {
+    pub fn generator(&self) -> HashMap<String, tch::Tensor> {
+        strip_prefix(&self.file.tensors, "G.")
+    }
+    pub fn discriminator(&self) -> HashMap<String, tch::Tensor> {
+        strip_prefix(&self.file.tensors, "D.")
+    }
+}
+
+/// The metadata of a file if it is one of our training checkpoints.
+pub fn meta_of(file: &TensorFile, path: &Path) -> Result<Option<Meta>, CheckpointError> {
+    match file.metadata.get(META_KEY) {
+        None => Ok(None),
+        Some(json) => serde_json::from_str(json).map(Some).map_err(|e| CheckpointError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("unreadable training metadata: {e}"),
+        }),
+    }
+}
+
+pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
+    let file = read_tensors(path)?;
+    let meta = meta_of(&file, path)?.ok_or_else(|| CheckpointError::Invalid {
+        path: path.to_path_buf(),
+        reason: "not a stargan training checkpoint (no training metadata)".into(),
+    })?;
+    Ok(Loaded { meta, file })
+}
+
+/// Restore weights, optimiser moments and learning rates into `model`.
+pub fn restore(loaded: &Loaded, model: &mut StarGan, path: &Path) -> Result<(), CheckpointError> {
+    let invalid = |reason: String| CheckpointError::Invalid { path: path.to_path_buf(), reason };
+    if loaded.meta.layout != model.layout {
+        return Err(invalid(format!(
+            "its labels ({}) differ from this run's ({})",
+            describe(&loaded.meta.layout),
+            describe(&model.layout)
+        )));
+    }
+    model.g.weights.load(&loaded.generator()).map_err(|e| invalid(e.to_string()))?;
+    model.d.weights.load(&loaded.discriminator()).map_err(|e| invalid(e.to_string()))?;
+    let t = &loaded.file.tensors;
+    let get = |prefix: &'static str| move |k: &str| t.get(&format!("{prefix}{k}")).map(|t| t.shallow_clone());
+    model.g_opt.load_state(loaded.meta.g_adam_step, get("G_opt.")).map_err(invalid)?;
+    model.d_opt.load_state(loaded.meta.d_adam_step, get("D_opt.")).map_err(invalid)?;
+    model.set_lr(loaded.meta.g_lr, loaded.meta.d_lr);
+    Ok(())
+}
+
+fn describe(layout: &LabelLayout) -> String {
+    layout
+        .domains
+        .iter()
+        .map(|d| format!("{}: {}", d.name, d.labels.join(",")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,265 @@
+//! `stargan train` / `stargan test` flags: the reference's flags in kebab-case, every one optional,
+//! layered over the dataset's defaults and a `--config` file.
+
+use crate::config::{DatasetKind, DeviceChoice, LrDecay, SyntheticSplit, TrainConfig};
+use crate::error::{Error, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Flags given on the command line; `None` means "not given" (file or default applies).
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct RunArgs {
+    /// A TOML file of settings (same names as the flags, snake_case); flags override it.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    // Model configuration.
+    /// Number of CelebA attributes (must equal the number of --selected-attrs).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c_dim: Option<i64>,
+    /// Number of RaFD expressions (joint training).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2_dim: Option<i64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub celeba_crop_size: Option<u32>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rafd_crop_size: Option<u32>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<i64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub g_conv_dim: Option<i64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub d_conv_dim: Option<i64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub g_repeat_num: Option<i64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub d_repeat_num: Option<i64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda_cls: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda_rec: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda_gp: Option<f64>,
+
+    // Training configuration.
+    /// Which data to train on [default: synthetic when no data flags are given].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetKind>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_iters: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_iters_decay: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub g_lr: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub d_lr: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_critic: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta1: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta2: Option<f64>,
+    /// Continue from the checkpoint of this iteration, or `latest`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_iters: Option<String>,
+    /// CelebA attributes to learn (space- or comma-separated).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selected_attrs: Option<Vec<String>>,
+    /// Learning-rate decay over the last --num-iters-decay iterations.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr_decay: Option<LrDecay>,
+    /// Seed of every random choice (initialisation, batches, flips, targets).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+
+    // Test configuration.
+    /// Checkpoint iteration to test (default: the latest).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_iters: Option<u64>,
+
+    // Miscellaneous.
+    /// Accepted for compatibility; decoding uses all cores.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_workers: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_tensorboard: Option<bool>,
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceChoice>,
+    /// libtorch intra-op threads (0: one per core).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+
+    // Directories.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub celeba_image_dir: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attr_path: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rafd_image_dir: Option<PathBuf>,
+    /// `--dataset folder`: class sub-folders, or images listed by --attr-path (CelebA format or CSV).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_dir: Option<PathBuf>,
+    /// `--dataset folder`: centre-crop size before resizing (default: the shorter side).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop_size: Option<u32>,
+    /// `--dataset synthetic`: which label sets.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synthetic_split: Option<SyntheticSplit>,
+    /// Drop images listed in the attribute file but missing on disk instead of failing.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skip_missing: bool,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_save_dir: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_dir: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_dir: Option<PathBuf>,
+
+    // Step size.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_step: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_step: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_save_step: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr_update_step: Option<u64>,
+    /// Also write reference-format `{step}-G.ckpt` / `{step}-D.ckpt` checkpoints.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub save_reference_format: bool,
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        base.insert(k, v);
+    }
+}
+
+impl RunArgs {
+    /// Defaults for the chosen dataset, then the `--config` file, then the flags.
+    pub fn resolve(&self) -> Result<TrainConfig> {
+        let file: toml::Table = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| Error::Read { path: path.clone(), source })?;
+                toml::from_str(&text)
+                    .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?
+            }
+            None => toml::Table::new(),
+        };
+        let flags = toml::Table::try_from(self).map_err(|e| Error::Config(e.to_string()))?;
+        let dataset =
+            flags.get("dataset").or_else(|| file.get("dataset")).and_then(|v| v.as_str()).map(str::to_owned);
+        let base = match dataset.as_deref() {
+            None | Some("synthetic") => TrainConfig::synthetic_default(),
+            Some(_) => TrainConfig::default(),
+        };
+        let mut table = toml::Table::try_from(&base).map_err(|e| Error::Config(e.to_string()))?;
+        merge(&mut table, file);
+        merge(&mut table, flags);
+        let cfg: TrainConfig = table.try_into().map_err(|e: toml::de::Error| {
+            let src = self.config.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default();
+            Error::Config(format!("{src}{}", e.message().trim()))
+        })?;
+        let uses_celeba = matches!(cfg.dataset, DatasetKind::Celeba | DatasetKind::Both);
+        if uses_celeba && cfg.c_dim != cfg.selected_attrs.len() as i64 {
+            return Err(Error::Config(format!(
+                "--c-dim {} does not match the {} --selected-attrs ({})",
+                cfg.c_dim,
+                cfg.selected_attrs.len(),
+                cfg.selected_attrs.join(" ")
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let dir = std::env::temp_dir().join(format!("stargan-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("run.toml");
+        std::fs::write(&file, "dataset = \"rafd\"\nbatch_size = 7\nn_critic = 3\n").unwrap();
+        let args = RunArgs { config: Some(file), batch_size: Some(9), ..Default::default() };
+        let cfg = args.resolve().unwrap();
+        assert_eq!(cfg.dataset, DatasetKind::Rafd);
+        assert_eq!(cfg.batch_size, 9, "flag wins");
+        assert_eq!(cfg.n_critic, 3, "file wins over default");
+        assert_eq!(cfg.image_size, 128, "reference default for real datasets");
+        let cfg = RunArgs::default().resolve().unwrap();
+        assert_eq!(cfg.dataset, DatasetKind::Synthetic);
+        assert_eq!(cfg.image_size, TrainConfig::synthetic_default().image_size);
+    }
+
+    #[test]
+    fn bad_settings_are_one_clear_error() {
+        let args = RunArgs {
+            dataset: Some(DatasetKind::Celeba),
+            selected_attrs: Some(vec!["Male".into()]),
+            ..Default::default()
+        };
+        let err = args.resolve().unwrap_err().to_string();
+        assert!(err.contains("--c-dim 5") && err.contains("Male"), "{err}");
+        let dir = std::env::temp_dir().join(format!("stargan-args-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("run.toml");
+        std::fs::write(&file, "batch_sise = 3\n").unwrap();
+        let err = RunArgs { config: Some(file), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(err.contains("batch_sise"), "{err}");
+    }
+}

@@ -1,0 +1,6 @@
+//! The `stargan` command line.
+
+pub mod args;
+pub mod translate;
+
+pub use args::RunArgs;

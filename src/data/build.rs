@@ -1,0 +1,135 @@
+//! From a run's configuration to its data sources and label layout.
+
+use super::celeba::{self, AttributeTable};
+use super::error::DataError;
+use super::folder::ImageFolder;
+use super::source::{user_split, AttributeSource, FolderSource, Source, SyntheticSource};
+use super::synthetic::SyntheticSplit as Split;
+use super::transform::Pipeline;
+use crate::config::{DatasetKind, SyntheticSplit, TrainConfig};
+use crate::labels::{celeba_domain, LabelLayout};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Which part of the data: the training images or the held-out test images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Train,
+    Test,
+}
+
+fn exists(path: &Path, what: &str) -> Result<(), DataError> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(DataError::Selection(format!("{what} {} does not exist", path.display())))
+    }
+}
+
+fn celeba_source(
+    cfg: &TrainConfig,
+    attr_path: &Path,
+    image_dir: &Path,
+    crop: u32,
+    part: Part,
+    reference_split: bool,
+) -> Result<Arc<dyn Source>, DataError> {
+    exists(attr_path, "attribute file")?;
+    exists(image_dir, "image folder")?;
+    let table = AttributeTable::open(attr_path)?;
+    let samples = table.samples(&cfg.selected_attrs)?;
+    let split = if reference_split { celeba::reference_split(samples) } else { user_split(samples) };
+    let samples = if part == Part::Train { split.train } else { split.test };
+    let checked = celeba::check_images(samples, image_dir, cfg.skip_missing)?;
+    if !checked.missing.is_empty() {
+        tracing::warn!(
+            "skipped {} images listed in {} but missing",
+            checked.missing.len(),
+            attr_path.display()
+        );
+    }
+    let pipeline = Pipeline::new(crop, cfg.image_size as u32)?;
+    let domain = celeba_domain(&cfg.selected_attrs);
+    Ok(Arc::new(AttributeSource::new(domain, image_dir.to_path_buf(), checked.samples, pipeline)))
+}
+
+fn folder_source(name: &str, dir: &Path, crop: u32, cfg: &TrainConfig) -> Result<Arc<dyn Source>, DataError> {
+    exists(dir, "image folder")?;
+    let folder = ImageFolder::open(dir)?;
+    Ok(Arc::new(FolderSource::new(name, folder, Pipeline::new(crop, cfg.image_size as u32)?)))
+}
+
+/// The sources of a run, in the order the training loop visits them, and their label layout.
+pub fn sources(cfg: &TrainConfig, part: Part) -> Result<(Vec<Arc<dyn Source>>, LabelLayout), DataError> {
+    let size = cfg.image_size as u32;
+    let rafd_dir = &cfg.rafd_image_dir;
+    let sources: Vec<Arc<dyn Source>> = match cfg.dataset {
+        DatasetKind::Celeba => {
+            vec![celeba_source(cfg, &cfg.attr_path, &cfg.celeba_image_dir, cfg.celeba_crop_size, part, true)?]
+        }
+        // The reference reads RaFD's train and test images from separate folders (`--rafd-image-dir`).
+        DatasetKind::Rafd => vec![folder_source("RaFD", rafd_dir, cfg.rafd_crop_size, cfg)?],
+        DatasetKind::Both => vec![
+            celeba_source(cfg, &cfg.attr_path, &cfg.celeba_image_dir, cfg.celeba_crop_size, part, true)?,
+            folder_source("RaFD", rafd_dir, cfg.rafd_crop_size, cfg)?,
+        ],
+        DatasetKind::Folder => {
+            let dir = cfg.image_dir.as_deref().ok_or_else(|| {
+                DataError::Selection(
+                    "--dataset folder needs --image-dir (and --attr-path for attribute labels)".into(),
+                )
+            })?;
+            let crop = cfg.crop_size.unwrap_or(0);
+            if cfg.attr_path.exists() && cfg.attr_path != TrainConfig::default().attr_path {
+                vec![celeba_source(cfg, &cfg.attr_path, dir, nonzero_crop(crop, dir)?, part, false)?]
+            } else {
+                vec![folder_source("folder", dir, nonzero_crop(crop, dir)?, cfg)?]
+            }
+        }
+        DatasetKind::Synthetic => {
+            let test = part == Part::Test;
+            let splits: &[Split] = match cfg.synthetic_split {
+                SyntheticSplit::Celeba => &[Split::Celeba],
+                SyntheticSplit::Rafd => &[Split::Rafd],
+                SyntheticSplit::Both => &[Split::Celeba, Split::Rafd],
+            };
+            splits
+                .iter()
+                .map(|&s| {
+                    SyntheticSource::new(s, cfg.seed, test, size).map(|s| Arc::new(s) as Arc<dyn Source>)
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let layout = LabelLayout { domains: sources.iter().map(|s| s.domain().clone()).collect() };
+    Ok((sources, layout))
+}
+
+/// `--crop-size` for user folders: given, or (0) the shorter side of the first image.
+fn nonzero_crop(crop: u32, dir: &Path) -> Result<u32, DataError> {
+    if crop > 0 {
+        return Ok(crop);
+    }
+    let first = first_image(dir)?
+        .ok_or_else(|| DataError::Selection(format!("no images under {}", dir.display())))?;
+    let img = super::transform::load_image(&first)?;
+    Ok(img.width().min(img.height()))
+}
+
+fn first_image(dir: &Path) -> Result<Option<std::path::PathBuf>, DataError> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| DataError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            if let Some(found) = first_image(&p)? {
+                return Ok(Some(found));
+            }
+        } else if p.file_name().and_then(|n| n.to_str()).is_some_and(super::folder::has_image_extension) {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
