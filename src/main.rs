@@ -17,6 +17,10 @@ struct Cli {
 enum Command {
     /// Train G and D (with no dataset flags: the built-in synthetic faces, CPU-sized).
     Train(Box<RunArgs>),
+    /// Translate the test split with a trained model (grids and one image per input and target).
+    Test(Box<RunArgs>),
+    /// Write the built-in faces in CelebA's or RaFD's layout.
+    Synth(stargan::cli::synth::SynthArgs),
     /// Translate an image or a folder with a trained generator.
     Translate(TranslateArgs),
     /// Describe a checkpoint: its format, inferred architecture and parameter counts.
@@ -27,7 +31,12 @@ enum Command {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STARGAN_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).without_time().init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .without_time()
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn install_signal_handler() {
@@ -63,6 +72,16 @@ fn run(cli: Cli) -> Result<()> {
                     checkpoint.display()
                 ),
             }
+        }
+        Command::Test(args) => {
+            let cfg = args.resolve()?;
+            set_threads(cfg.threads);
+            let n = stargan::cli::test::test(&cfg)?;
+            println!("translated {n} test images into {}", cfg.result_dir.display());
+        }
+        Command::Synth(args) => {
+            let written = stargan::cli::synth::synth(&args)?;
+            println!("wrote {} files under {}", written.len(), args.out.display());
         }
         Command::Translate(args) => {
             set_threads(0);

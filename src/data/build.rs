@@ -39,6 +39,14 @@ fn celeba_source(
     let table = AttributeTable::open(attr_path)?;
     let samples = table.samples(&cfg.selected_attrs)?;
     let split = if reference_split { celeba::reference_split(samples) } else { user_split(samples) };
+    if part == Part::Train && split.train.is_empty() {
+        return Err(DataError::Selection(format!(
+            "{} lists {} images, all of which the reference's split keeps for testing (the first 1,999 \
+             after its shuffle); use --dataset folder for a small data set",
+            attr_path.display(),
+            split.test.len()
+        )));
+    }
     let samples = if part == Part::Train { split.train } else { split.test };
     let checked = celeba::check_images(samples, image_dir, cfg.skip_missing)?;
     if !checked.missing.is_empty() {

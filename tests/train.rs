@@ -1,0 +1,395 @@
+//! End-to-end training on small generated data sets in both real layouts, exact resume, interruption,
+//! and the bad inputs a user can hand the trainer.
+
+use stargan::checkpoint::{native, read_tensors};
+use stargan::config::{DeviceChoice, TrainConfig};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_stargan")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("stargan-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).env("STARGAN_LOG", "warn").output().expect("run stargan")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "stderr: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Flags of a tiny, fast run writing under `dir`.
+fn tiny(dir: &Path, iters: u32) -> Vec<String> {
+    let d = |s: &str| dir.join(s).to_string_lossy().into_owned();
+    [
+        "--image-size",
+        "16",
+        "--g-conv-dim",
+        "8",
+        "--d-conv-dim",
+        "8",
+        "--g-repeat-num",
+        "1",
+        "--d-repeat-num",
+        "4",
+        "--batch-size",
+        "4",
+        "--n-critic",
+        "2",
+        "--log-step",
+        "1",
+        "--sample-step",
+        "2",
+        "--model-save-step",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--num-iters".into(), iters.to_string()])
+    .chain(["--log-dir".into(), d("logs"), "--model-save-dir".into(), d("models")])
+    .chain(["--sample-dir".into(), d("samples"), "--result-dir".into(), d("results")])
+    .collect()
+}
+
+fn args<'a>(base: &'a [String], extra: &'a [&'a str]) -> Vec<&'a str> {
+    base.iter().map(String::as_str).chain(extra.iter().copied()).collect()
+}
+
+fn synth(layout: &str, count: usize, out: &Path) {
+    ok(run(&[
+        "synth",
+        "--layout",
+        layout,
+        "--count",
+        &count.to_string(),
+        "--size",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+}
+
+#[test]
+fn trains_and_tests_on_every_layout() {
+    let data = scratch("layouts");
+    synth("celeba", 2003, &data.join("celeba"));
+    synth("rafd", 24, &data.join("rafd"));
+    let celeba = [
+        "--attr-path",
+        &data.join("celeba/list_attr_celeba.txt").to_string_lossy(),
+        "--celeba-image-dir",
+        &data.join("celeba/images").to_string_lossy(),
+        "--celeba-crop-size",
+        "16",
+    ]
+    .map(String::from);
+    let rafd = ["--rafd-image-dir", &data.join("rafd").to_string_lossy(), "--rafd-crop-size", "16"]
+        .map(String::from);
+    // Users' own multi-label data as CSV over a flat folder.
+    let csv = data.join("labels.csv");
+    let mut text = String::from("filename,Smiling,Glasses\n");
+    for i in 1..=20 {
+        text += &format!("{i:06}.jpg,{},{}\n", i % 2, (i / 2) % 2);
+    }
+    std::fs::write(&csv, text).unwrap();
+    let folder = [
+        "--image-dir",
+        &data.join("celeba/images").to_string_lossy(),
+        "--attr-path",
+        &csv.to_string_lossy(),
+        "--selected-attrs",
+        "Smiling,Glasses",
+    ]
+    .map(String::from);
+    let class_folder = ["--image-dir", &data.join("rafd").to_string_lossy()].map(String::from);
+
+    let runs: Vec<(&str, Vec<String>, usize)> = vec![
+        ("celeba", celeba.to_vec(), 1),
+        ("rafd", rafd.to_vec(), 1),
+        ("both", [celeba.to_vec(), rafd.to_vec()].concat(), 2),
+        ("folder", folder.to_vec(), 1),
+        ("folder", class_folder.to_vec(), 1),
+    ];
+    for (i, (dataset, flags, n_datasets)) in runs.into_iter().enumerate() {
+        let dir = data.join(format!("run{i}"));
+        let base = tiny(&dir, 2);
+        let ds = ["--dataset", dataset];
+        let all: Vec<&str> = args(&base, &ds).into_iter().chain(flags.iter().map(String::as_str)).collect();
+        let stdout = ok(run(&[&["train"][..], &all].concat()));
+        assert!(stdout.contains("Iteration [2/2]") && stdout.contains("G/loss_rec"), "{dataset}: {stdout}");
+        assert_eq!(
+            stdout.matches("Iteration [2/2]").count(),
+            n_datasets,
+            "{dataset}: one log line per dataset"
+        );
+        assert!(dir.join("models/2.stargan.safetensors").is_file());
+        assert!(dir.join("models/config.toml").is_file());
+        assert!(dir.join("samples/2-images.png").is_file());
+        // stargan test: reference grids plus one file per (input, target).
+        let test_flags: Vec<&str> = all.iter().copied().filter(|a| *a != "train").collect();
+        let out = ok(run(&[&["test"][..], &test_flags].concat()));
+        assert!(out.contains("translated"), "{out}");
+        assert!(dir.join("results/1-images.png").is_file(), "{dataset}: no result grid");
+        let per_image = std::fs::read_dir(dir.join("results/images")).unwrap().count();
+        assert!(per_image > 0, "{dataset}: no per-target images");
+    }
+}
+
+fn tiny_config(dir: &Path, iters: u64) -> TrainConfig {
+    TrainConfig {
+        image_size: 16,
+        g_conv_dim: 8,
+        d_conv_dim: 8,
+        g_repeat_num: 1,
+        d_repeat_num: 4,
+        batch_size: 4,
+        n_critic: 2,
+        num_iters: iters,
+        num_iters_decay: iters,
+        lr_update_step: 1,
+        log_step: 1000,
+        sample_step: 1000,
+        model_save_step: 1000,
+        device: DeviceChoice::Cpu,
+        threads: 1,
+        log_dir: dir.join("logs"),
+        model_save_dir: dir.join("models"),
+        sample_dir: dir.join("samples"),
+        result_dir: dir.join("results"),
+        ..TrainConfig::synthetic_default()
+    }
+}
+
+#[test]
+fn resuming_is_bit_identical_to_training_straight_through() {
+    tch::set_num_threads(1);
+    let k = 3;
+    let straight = scratch("straight");
+    // A constant learning rate: the decay schedule depends on --num-iters, which differs between
+    // the legs here (the schedule itself is a pure function of the iteration, tested in `config`).
+    let constant = |dir: &Path, iters| TrainConfig { num_iters_decay: 0, ..tiny_config(dir, iters) };
+    stargan::train::train(&constant(&straight, 2 * k)).unwrap();
+    let split = scratch("split");
+    stargan::train::train(&constant(&split, k)).unwrap();
+    // The second half: a new configuration object, as a new process would have.
+    let resumed = TrainConfig { resume_iters: Some("latest".into()), ..constant(&split, 2 * k) };
+    stargan::train::train(&resumed).unwrap();
+    let a = read_tensors(&native::path_for(&straight.join("models"), 2 * k)).unwrap();
+    let b = read_tensors(&native::path_for(&split.join("models"), 2 * k)).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (name, ta) in &a.tensors {
+        let tb = &b.tensors[name];
+        assert!(ta.equal(tb), "{name} differs after resume");
+    }
+    // The learning rate decayed identically too.
+    assert_eq!(
+        native::load(&native::path_for(&straight.join("models"), 2 * k)).unwrap().meta.g_lr,
+        native::load(&native::path_for(&split.join("models"), 2 * k)).unwrap().meta.g_lr
+    );
+}
+
+#[test]
+fn logs_are_readable_by_tensorboard_and_as_json_lines() {
+    let dir = scratch("logs");
+    let cfg = TrainConfig { log_step: 1, sample_step: 2, ..tiny_config(&dir, 2) };
+    stargan::train::train(&cfg).unwrap();
+    let events: Vec<_> = std::fs::read_dir(dir.join("logs"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().contains("tfevents"))
+        .collect();
+    assert_eq!(events.len(), 1);
+    let parsed = stargan::tensorboard::read_events(&events[0]).unwrap();
+    let steps: Vec<i64> = parsed.iter().filter(|e| e.scalar("D/loss_gp").is_some()).map(|e| e.step).collect();
+    assert_eq!(steps, vec![1, 2]);
+    assert!(parsed.iter().any(|e| e.scalar("G/loss_rec").is_some()), "G losses at G steps");
+    assert!(parsed.iter().any(|e| e.images().next().is_some()), "a sample image");
+    let metrics = std::fs::read_to_string(dir.join("logs/metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["D/loss_real"].as_f64().is_some_and(f64::is_finite)));
+}
+
+#[test]
+fn sigterm_saves_a_checkpoint_and_the_run_resumes() {
+    let dir = scratch("sigterm");
+    let base = tiny(&dir, 100_000);
+    let mut child = Command::new(bin())
+        .arg("train")
+        .args(&base)
+        .env("STARGAN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.find_map(|l| l.ok().filter(|l| l.contains("Iteration [3/"))).expect("training logged");
+    assert!(first.contains("D/loss_real"));
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let summary = rest.iter().find(|l| l.starts_with("stopped at iteration")).expect("a stop message");
+    let it: u64 = summary.split_whitespace().nth(3).unwrap().trim_end_matches(';').parse().unwrap();
+    assert!(native::path_for(&dir.join("models"), it).is_file());
+    let more = tiny(&dir, it as u32 + 1);
+    let out = ok(run(&args(&more, &["--resume-iters", "latest"])
+        .iter()
+        .rev()
+        .chain(["train"].iter())
+        .rev()
+        .copied()
+        .collect::<Vec<_>>()));
+    assert!(out.contains(&format!("Iteration [{}/{}]", it + 1, it + 1)), "{out}");
+}
+
+/// Every image under the class folders of `root`, sorted.
+fn images_of(root: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+fn assert_error(out: Output, mentions: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains(mentions),
+        "expected an error mentioning {mentions:?}, got: {stderr}"
+    );
+}
+
+#[test]
+fn bad_data_is_reported_clearly() {
+    let data = scratch("bad");
+    synth("rafd", 16, &data.join("rafd"));
+    let base = tiny(&data.join("run"), 2);
+    let train = |extra: &[&str]| run(&[&["train"][..], &args(&base, extra)].concat());
+    assert_error(train(&["--dataset", "rafd", "--rafd-image-dir", "/nonexistent/rafd"]), "/nonexistent/rafd");
+    assert_error(
+        train(&["--dataset", "celeba", "--attr-path", "/nonexistent/list.txt"]),
+        "/nonexistent/list.txt",
+    );
+    let rafd = data.join("rafd").to_string_lossy().into_owned();
+    // `tiny` passes --batch-size 4; ask for more than the 16 images instead.
+    let mut big = base.clone();
+    let at = big.iter().position(|a| a == "--batch-size").unwrap();
+    big[at + 1] = "64".into();
+    let out =
+        run(&[&["train", "--dataset", "rafd", "--rafd-image-dir", &rafd][..], &args(&big, &[])].concat());
+    assert_error(out, "--batch-size 64");
+    let empty = data.join("empty/class_a");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_error(
+        train(&["--dataset", "rafd", "--rafd-image-dir", &data.join("empty").to_string_lossy()]),
+        "empty",
+    );
+    // Attribute rows whose images are missing: an error with the count, or skipped on request.
+    let csv = data.join("labels.csv");
+    let mut text = String::from("filename,Smiling\n");
+    for i in 0..12 {
+        text += &format!("img{i}.jpg,{}\n", i % 2);
+    }
+    std::fs::write(&csv, text).unwrap();
+    let flat = data.join("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    // img0 … img7 exist, img8 … img11 do not.
+    for (i, src) in images_of(&data.join("rafd")).into_iter().take(8).enumerate() {
+        std::fs::copy(src, flat.join(format!("img{i}.jpg"))).unwrap();
+    }
+    let folder = [
+        "--dataset",
+        "folder",
+        "--image-dir",
+        &flat.to_string_lossy(),
+        "--attr-path",
+        &csv.to_string_lossy(),
+        "--selected-attrs",
+        "Smiling",
+    ]
+    .map(String::from);
+    let folder: Vec<&str> = folder.iter().map(String::as_str).collect();
+    let out = train(&folder);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("images listed are missing") && stderr.contains("--skip-missing"), "{stderr}");
+    assert!(["img8", "img9", "img10", "img11"].iter().any(|m| stderr.contains(m)), "{stderr}");
+    ok(train(&[&folder[..], &["--skip-missing"]].concat()));
+}
+
+#[test]
+fn a_corrupt_image_is_skipped_counted_and_training_goes_on() {
+    let data = scratch("corrupt");
+    synth("rafd", 12, &data.join("rafd"));
+    let victim = images_of(&data.join("rafd")).remove(0);
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 3]).unwrap();
+    let base = tiny(&data.join("run"), 6);
+    let rafd = data.join("rafd").to_string_lossy().into_owned();
+    let out = run(&[
+        &["train"][..],
+        &args(&base, &["--dataset", "rafd", "--rafd-image-dir", &rafd, "--rafd-crop-size", "16"]),
+    ]
+    .concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("skipping an unreadable image").count(),
+        1,
+        "warn once: {stderr} {}",
+        victim.display()
+    );
+    let metrics = std::fs::read_to_string(data.join("run/logs/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert!(last["skipped_images"].as_u64().unwrap() >= 1, "{last}");
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_and_keeps_the_previous_checkpoint() {
+    let dir = scratch("full");
+    let base = tiny(&dir, 2);
+    ok(run(&[&["train"][..], &args(&base, &[])].concat()));
+    let previous = native::path_for(&dir.join("models"), 2);
+    let before = std::fs::read(&previous).unwrap();
+    // A file-size limit makes the next checkpoint write fail as a full disk would (EFBIG);
+    // SIGXFSZ is ignored so the write returns an error instead of killing the process.
+    let more = tiny(&dir, 4);
+    let cmd = format!(
+        "trap '' XFSZ; ulimit -f 200; exec \"{}\" train {} --resume-iters latest",
+        bin(),
+        more.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
+    );
+    let out = Command::new("sh").args(["-c", &cmd]).env("STARGAN_LOG", "warn").output().unwrap();
+    assert_error(out, "cannot write");
+    assert_eq!(std::fs::read(&previous).unwrap(), before, "the previous checkpoint changed");
+    assert!(!native::path_for(&dir.join("models"), 4).exists(), "a partial checkpoint was left");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("models"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
