@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import random
 import resource
@@ -48,7 +49,7 @@ D_LR = 1e-4
 BETAS = (0.5, 0.999)
 SELECTED_ATTRS = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]
 HAIR_COLORS = {"Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"}
-WHATS = ("d_step", "g_step", "iteration", "translate")
+WHATS = ("d_step", "g_step", "iteration", "translate", "loader")
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -447,7 +448,42 @@ def emit(obj: dict) -> None:
     print(json.dumps(obj), flush=True)
 
 
+def bench_loader(args: argparse.Namespace) -> dict:
+    """The reference's per-image CelebA transform (PIL decode, CenterCrop(178), Resize(image_size)
+    bilinear, ToTensor, Normalize(0.5, 0.5)) over every JPEG of --image-dir, in one process, as its
+    DataLoader worker does it. One sample = one pass over the folder; reported as ms per image."""
+    import numpy as np
+    from PIL import Image
+
+    files = sorted(os.path.join(args.image_dir, f) for f in os.listdir(args.image_dir) if f.endswith(".jpg"))
+    crop, size = args.crop_size, args.image_size
+
+    def one(path):
+        img = Image.open(path).convert("RGB")
+        w, h = img.size
+        left, top = int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
+        img = img.crop((left, top, left + crop, top + crop)).resize((size, size), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+        return x.sub_(0.5).div_(0.5)
+
+    def run():
+        for f in files:
+            one(f)
+
+    samples = []
+    for i in range(args.warmup + args.iters):
+        t = time.perf_counter()
+        run()
+        if i >= args.warmup:
+            samples.append((time.perf_counter() - t) * 1e3 / len(files))
+    out = {"impl": "pytorch", "what": "loader", **summary(samples), "images": len(files)}
+    out.update(common_fields(args, torch.device("cpu")))
+    return out
+
+
 def bench_one(what: str, args: argparse.Namespace, device: torch.device) -> dict:
+    if what == "loader":
+        return bench_loader(args)
     ref = Reference(args, device)  # fresh, identically seeded networks for every measurement
     batch = ref.preprocess()
     per = 1
@@ -646,6 +682,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--what", default=",".join(WHATS),
                    help=f"comma-separated subset of {','.join(WHATS)}")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--image-dir", default=None, help="loader: a folder of JPEGs (178x218 for CelebA)")
+    p.add_argument("--crop-size", type=int, default=178, help="loader: centre-crop size")
     p.add_argument("--no-cudnn-benchmark", action="store_true",
                    help="the reference sets cudnn.benchmark = True; this turns it off")
     p.add_argument("--flops", action="store_true",

@@ -14,7 +14,7 @@ venv=.venv
 py="$venv/bin/python"
 
 ready() {
-  [ -x "$py" ] && "$py" -c "import numpy, torch; assert torch.__version__.startswith('$TORCH_VERSION')" \
+  [ -x "$py" ] && "$py" -c "import numpy, PIL, torch; assert torch.__version__.startswith('$TORCH_VERSION')" \
     >/dev/null 2>&1
 }
 
@@ -37,7 +37,7 @@ if ! ready; then
   fi
   echo "setup-reference: installing torch==$TORCH_VERSION and numpy into bench/$venv" >&2
   "$py" -m pip install --disable-pip-version-check -q "${find_links[@]}" \
-    "torch==$TORCH_VERSION" numpy >&2
+    "torch==$TORCH_VERSION" numpy pillow >&2
   if ! ready; then
     echo "setup-reference: bench/$venv does not import torch $TORCH_VERSION after the install" >&2
     exit 1

@@ -75,7 +75,23 @@ rmdir "$tmp/torch/lib" "$tmp/torch"
 for w in "$cache"/nvidia_cuda_runtime-"$CUDART_VERSION"-*.whl "$cache"/nvidia_cuda_cupti-"$CUPTI_VERSION"-*.whl; do
   python_unzip "$w" "$tmp/nv" 'nvidia/cu13/lib/libcudart.so.13' 'nvidia/cu13/lib/libcupti.so.13'
 done
-mv "$tmp"/nv/nvidia/cu13/lib/* "$tmp/lib/"
+if [ "${1:-}" = "--cuda" ]; then
+  # The CUDA libraries torch 2.13's wheel depends on (its METADATA's Requires-Dist), from PyPI, with
+  # their own component wheels; every shared library lands beside libtorch_cuda.so ($ORIGIN).
+  cuda_cache=.cache/wheels-cuda
+  mkdir -p "$cuda_cache"
+  "$py" -m pip download -q --only-binary=:all: \
+    --python-version 3.11 --implementation cp --platform manylinux_2_28_x86_64 \
+    --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$cuda_cache" \
+    "cuda-toolkit[cublas,cudart,cufft,cufile,cupti,curand,cusolver,cusparse,nvjitlink,nvrtc,nvtx]==13.0.3" \
+    nvidia-cudnn-cu13==9.20.0.48 nvidia-cusparselt-cu13==0.8.1 nvidia-nccl-cu13==2.29.7 \
+    nvidia-nvshmem-cu13==3.4.5
+  for w in "$cuda_cache"/nvidia_*.whl; do
+    python_unzip "$w" "$tmp/nv" 'nvidia/*/lib/*.so*' 'nvidia/*/*/lib/*.so*'
+  done
+fi
+find "$tmp/nv" -name '*.so*' -exec mv -f {} "$tmp/lib/" \;
 rm -rf "$tmp/nv"
 echo "$TORCH_VERSION" > "$tmp/build-version"
 echo "$want" > "$tmp/.stargan-stamp"

@@ -97,6 +97,8 @@ pub struct TrainConfig {
     pub selected_attrs: Vec<String>,
     pub lr_decay: LrDecay,
     pub seed: u64,
+    /// `fast` (default) or `reference` (the authors' operation order, bit-identical).
+    pub step_mode: crate::train::StepMode,
 
     // Test configuration.
     pub test_iters: Option<u64>,
@@ -162,6 +164,7 @@ impl Default for TrainConfig {
             selected_attrs: crate::labels::DEFAULT_CELEBA_ATTRS.iter().map(|s| s.to_string()).collect(),
             lr_decay: LrDecay::Linear,
             seed: 0,
+            step_mode: crate::train::StepMode::Fast,
             test_iters: None,
             resume_iters: None,
             num_workers: 1,

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod image_io;
 pub mod labels;
 pub mod loss;

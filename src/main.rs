@@ -21,6 +21,10 @@ enum Command {
     Test(Box<RunArgs>),
     /// Write the built-in faces in CelebA's or RaFD's layout.
     Synth(stargan::cli::synth::SynthArgs),
+    /// Time training steps, translation and the loader (optionally against the PyTorch reference).
+    Bench(Box<stargan::cli::bench::BenchArgs>),
+    /// Measure a trained generator: target-domain accuracy, ground-truth error, reconstruction, classifier Fréchet distance.
+    Eval(Box<stargan::cli::eval::EvalArgs>),
     /// Translate an image or a folder with a trained generator.
     Translate(TranslateArgs),
     /// Describe a checkpoint: its format, inferred architecture and parameter counts.
@@ -83,11 +87,15 @@ fn run(cli: Cli) -> Result<()> {
             let written = stargan::cli::synth::synth(&args)?;
             println!("wrote {} files under {}", written.len(), args.out.display());
         }
+        Command::Bench(args) => print!("{}", stargan::cli::bench::bench(&args)?),
         Command::Translate(args) => {
             set_threads(0);
             for path in stargan::cli::translate::translate(&args)? {
                 println!("{}", path.display());
             }
+        }
+        Command::Eval(args) => {
+            stargan::cli::eval::eval(&args)?;
         }
         Command::Info(args) => print!("{}", stargan::cli::translate::info(&args)?),
         Command::Export(args) => {

@@ -11,8 +11,8 @@ mod common;
 use common::*;
 use stargan::checkpoint::{infer_discriminator, infer_generator, read_tensors};
 use stargan::labels::{celeba_domain, onehot_domain, LabelLayout};
-use stargan::model::{Discriminator, Generator, NormStats};
-use stargan::train::{Batch, Lambdas, StarGan};
+use stargan::model::{Discriminator, Generator, NormStats, Role};
+use stargan::train::{Batch, Lambdas, StarGan, StepMode};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -276,6 +276,39 @@ fn run_scenario(dir: &Path) {
     for (what, err) in report {
         println!("parity {name}: {what:<26} max error {err:.3e}");
     }
+    check_fast_mode(dir, &e, &t, &model);
+}
+
+/// The fast step (one shared G(x, c_trg) per G iteration) must reproduce the reference step:
+/// identical losses and parameters, running averages equal up to rounding.
+fn check_fast_mode(dir: &Path, e: &Expected, t: &HashMap<String, Tensor>, reference: &StarGan) {
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let (_, keys) = layout(e);
+    let mut fast = build(dir, e);
+    let mut rows = e.losses.iter();
+    for it in 0..e.iterations {
+        for (domain, key) in keys.iter().enumerate() {
+            let b = batch(t, &format!("it{it}_{key}"), domain, &fast.layout);
+            let (d, g) = fast.iteration(&b, (it + 1) % e.n_critic == 0, StepMode::Fast);
+            let row = rows.next().unwrap();
+            check_loss(&format!("{name} fast D/loss"), &d.total, &row["D/loss"]);
+            if let Some(g) = g {
+                check_loss(&format!("{name} fast G/loss"), &g.total, &row["G/loss"]);
+            }
+        }
+    }
+    let mut worst_buffer: f64 = 0.0;
+    for (net, a, b) in [("G", &fast.g.weights, &reference.g.weights), ("D", &fast.d.weights, &reference.d.weights)] {
+        for ((key, x, role), (_, y, _)) in a.iter().zip(b.iter()) {
+            let diff = max_abs_diff(x, y);
+            match role {
+                Role::Parameter => assert_eq!(diff, 0.0, "{name} fast mode: {net} {key} differs from the reference step"),
+                Role::Buffer => worst_buffer = worst_buffer.max(diff),
+            }
+        }
+    }
+    assert!(worst_buffer <= 1e-6, "{name} fast mode: running averages differ by {worst_buffer:e}");
+    println!("parity {name}: {:<26} max error {worst_buffer:.3e}", "fast step, running stats");
 }
 
 #[test]

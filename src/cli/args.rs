@@ -95,6 +95,11 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr_decay: Option<LrDecay>,
+    /// How each iteration is computed: `fast` (shares G(x, c_trg) between the D and G updates) or
+    /// `reference` (the authors' operation order, bit-identical results).
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_mode: Option<crate::train::StepMode>,
     /// Seed of every random choice (initialisation, batches, flips, targets).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -135,12 +135,19 @@ pub enum NormStats {
     /// Per-image statistics; the running averages are updated (PyTorch train mode).
     #[default]
     PerImage,
+    /// As `PerImage`, but the running averages move as if this forward had run twice on the same
+    /// input (momentum 1 − 0.9² instead of 0.1): the fast training step reuses one G(x, c_trg) where
+    /// the reference computes it twice, and keeps the statistics the reference would have.
+    PerImageTwice,
     /// Per-image statistics without touching the running averages (inference that leaves the
     /// checkpoint's buffers as they were).
     PerImageFrozen,
     /// The tracked running averages (PyTorch eval mode).
     Running,
 }
+
+/// PyTorch's default momentum of the running averages.
+const MOMENTUM: f64 = 0.1;
 
 /// `nn.InstanceNorm2d(c, affine=True, track_running_stats=True)`.
 #[derive(Debug)]
@@ -165,16 +172,19 @@ impl InstanceNorm {
 
     pub(crate) fn forward(&self, x: &Tensor, stats: NormStats) -> Tensor {
         match stats {
-            NormStats::PerImage => x.instance_norm(
-                Some(&self.weight),
-                Some(&self.bias),
-                Some(&self.running_mean),
-                Some(&self.running_var),
-                true,
-                0.1,
-                1e-5,
-                true,
-            ),
+            NormStats::PerImage | NormStats::PerImageTwice => {
+                let momentum = if stats == NormStats::PerImageTwice { 1.0 - (1.0 - MOMENTUM).powi(2) } else { MOMENTUM };
+                x.instance_norm(
+                    Some(&self.weight),
+                    Some(&self.bias),
+                    Some(&self.running_mean),
+                    Some(&self.running_var),
+                    true,
+                    momentum,
+                    1e-5,
+                    true,
+                )
+            }
             NormStats::PerImageFrozen => {
                 x.instance_norm(Some(&self.weight), Some(&self.bias), None, None, true, 0.1, 1e-5, true)
             }

@@ -4,4 +4,4 @@ pub mod run;
 pub mod step;
 
 pub use run::{train, Outcome, STOP};
-pub use step::{Batch, DLosses, GLosses, Lambdas, StarGan};
+pub use step::{Batch, DLosses, GLosses, Lambdas, StarGan, StepMode};

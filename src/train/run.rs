@@ -261,8 +261,7 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
         let mut logged = Vec::new();
         for hb in &host {
             let b = to_batch(hb, i, cfg.seed, device);
-            let d = model.d_step(&b);
-            let g = ((i + 1) % cfg.n_critic == 0).then(|| model.g_step(&b));
+            let (d, g) = model.iteration(&b, (i + 1) % cfg.n_critic == 0, cfg.step_mode);
             if (i + 1) % cfg.log_step == 0 {
                 logged.push((layout.domains[hb.source].name.clone(), loss_values(&d, g.as_ref())));
             }

@@ -5,7 +5,7 @@
 
 use crate::labels::LabelLayout;
 use crate::loss;
-use crate::model::{Discriminator, Generator};
+use crate::model::{Discriminator, Generator, NormStats};
 use crate::optim::Adam;
 use tch::Tensor;
 
@@ -63,6 +63,21 @@ pub struct GLosses {
     pub total: Tensor,
 }
 
+/// How an iteration is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StepMode {
+    /// Operation for operation as the reference (bit-identical results).
+    Reference,
+    /// The same objective with less work: in iterations with a G step, G(x, c_trg) is computed once
+    /// (with its graph) and shared by the D and G updates, where the reference computes it twice
+    /// with the same weights; otherwise it is computed without building a graph. Gradients and
+    /// losses are the reference's; the instance-norm running averages are updated as the reference
+    /// updates them (see `NormStats::PerImageTwice`), equal up to rounding.
+    #[default]
+    Fast,
+}
+
 /// The two networks, their optimisers and the objective's weights.
 #[derive(Debug)]
 pub struct StarGan {
@@ -94,14 +109,19 @@ impl StarGan {
 
     /// L_D = L_adv(real) + L_adv(fake) + λ_cls·L_cls(real, c_org) + λ_gp·GP.
     pub fn d_loss(&self, b: &Batch) -> DLosses {
-        let kind = self.layout.domains[b.domain].kind;
         let c_trg = self.layout.condition(b.domain, &b.label_trg());
+        let x_fake = self.g.forward(&b.x, &c_trg).detach();
+        self.d_loss_on(b, &x_fake)
+    }
 
+    /// L_D with G(x, c_trg) already computed.
+    fn d_loss_on(&self, b: &Batch, x_fake: &Tensor) -> DLosses {
+        let kind = self.layout.domains[b.domain].kind;
         let (out_src, out_cls) = self.d.forward(&b.x);
         let real = loss::adversarial_real(&out_src);
         let cls = loss::classification(&self.layout.slice_logits(b.domain, &out_cls), &b.label, kind);
 
-        let x_fake = self.g.forward(&b.x, &c_trg).detach();
+        let x_fake = x_fake.detach();
         let (out_src, _) = self.d.forward(&x_fake);
         let fake = loss::adversarial_fake(&out_src);
 
@@ -113,17 +133,21 @@ impl StarGan {
 
     /// L_G = −L_adv(fake) + λ_rec·L_rec + λ_cls·L_cls(fake, c_trg).
     pub fn g_loss(&self, b: &Batch) -> GLosses {
+        let c_trg = self.layout.condition(b.domain, &b.label_trg());
+        let x_fake = self.g.forward(&b.x, &c_trg);
+        self.g_loss_on(b, &x_fake)
+    }
+
+    /// L_G with G(x, c_trg) already computed (with its graph).
+    fn g_loss_on(&self, b: &Batch, x_fake: &Tensor) -> GLosses {
         let kind = self.layout.domains[b.domain].kind;
         let label_trg = b.label_trg();
         let c_org = self.layout.condition(b.domain, &b.label);
-        let c_trg = self.layout.condition(b.domain, &label_trg);
-
-        let x_fake = self.g.forward(&b.x, &c_trg);
-        let (out_src, out_cls) = self.d.forward(&x_fake);
+        let (out_src, out_cls) = self.d.forward(x_fake);
         let fake = -loss::adversarial_fake(&out_src);
         let cls = loss::classification(&self.layout.slice_logits(b.domain, &out_cls), &label_trg, kind);
 
-        let x_rec = self.g.forward(&x_fake, &c_org);
+        let x_rec = self.g.forward(x_fake, &c_org);
         let rec = loss::reconstruction(&b.x, &x_rec);
 
         let total = &fake + &rec * self.lambdas.rec + &cls * self.lambdas.cls;
@@ -155,6 +179,30 @@ impl StarGan {
         let (losses, grads) = self.g_gradients(b);
         self.g_opt.step(&self.g.weights.parameters(), &grads);
         losses
+    }
+
+    /// One iteration on one batch: the D update, then the G update when `with_g`.
+    pub fn iteration(&mut self, b: &Batch, with_g: bool, mode: StepMode) -> (DLosses, Option<GLosses>) {
+        if mode == StepMode::Reference {
+            let d = self.d_step(b);
+            return (d, with_g.then(|| self.g_step(b)));
+        }
+        let c_trg = self.layout.condition(b.domain, &b.label_trg());
+        let x_fake = if with_g {
+            self.g.forward_with(&b.x, &c_trg, NormStats::PerImageTwice)
+        } else {
+            tch::no_grad(|| self.g.forward(&b.x, &c_trg))
+        };
+        let d = self.d_loss_on(b, &x_fake);
+        let grads = gradients(&d.total, &self.d.weights.parameters());
+        self.d_opt.step(&self.d.weights.parameters(), &grads);
+        if !with_g {
+            return (d, None);
+        }
+        let g = self.g_loss_on(b, &x_fake);
+        let grads = gradients(&g.total, &self.g.weights.parameters());
+        self.g_opt.step(&self.g.weights.parameters(), &grads);
+        (d, Some(g))
     }
 
     /// Set both learning rates (decay schedules).

@@ -1,0 +1,342 @@
+//! `stargan bench`: time the training step, translation and the data loader, and, with
+//! `--reference PYTHON`, the PyTorch reference (`bench/reference.py`) on the same work, interleaved
+//! round by round (ours, theirs, ours, theirs ...) so that drift in the machine's speed hits both.
+
+use crate::data::source::Source;
+use crate::data::transform::Pipeline;
+use crate::error::{Error, Result};
+use crate::labels::{celeba_domain, LabelLayout, DEFAULT_CELEBA_ATTRS};
+use crate::train::{Batch, Lambdas, StarGan, StepMode};
+use crate::model::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, NormStats};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 128)]
+    pub image_size: i64,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: i64,
+    #[arg(long, default_value_t = 64)]
+    pub g_conv_dim: i64,
+    #[arg(long, default_value_t = 64)]
+    pub d_conv_dim: i64,
+    #[arg(long, default_value_t = 6)]
+    pub g_repeat_num: i64,
+    #[arg(long, default_value_t = 6)]
+    pub d_repeat_num: i64,
+    #[arg(long, default_value_t = 5)]
+    pub c_dim: i64,
+    #[arg(long, default_value_t = 5)]
+    pub n_critic: u64,
+    /// libtorch intra-op threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: crate::config::DeviceChoice,
+    #[arg(long, value_enum, default_value = "fast")]
+    pub step_mode: StepMode,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    /// Interleaved rounds of (ours, reference).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Comma-separated: d_step, g_step, iteration, translate, loader.
+    #[arg(long, default_value = "d_step,g_step,iteration,translate,loader", value_delimiter = ',')]
+    pub what: Vec<String>,
+    /// A Python with torch 2.13 to run bench/reference.py (e.g. `$(bench/setup-reference.sh)`).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// JPEGs for the loader benchmark (default: 256 generated 178×218 faces in a temp folder).
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
+    /// Write every measurement as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub implementation: &'static str,
+    pub what: String,
+    pub round: usize,
+    pub median_ms: f64,
+    pub samples_ms: Vec<f64>,
+    pub peak_rss_mb: Option<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+/// Reset the kernel's peak-RSS mark so the next reading is this measurement's peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn model(args: &BenchArgs, device: Device) -> StarGan {
+    tch::manual_seed(1234);
+    let attrs: Vec<String> = (0..args.c_dim)
+        .map(|i| DEFAULT_CELEBA_ATTRS.get(i as usize).map_or(format!("attr{i}"), |s| s.to_string()))
+        .collect();
+    let layout = LabelLayout::single(celeba_domain(&attrs));
+    let g = Generator::new(
+        GeneratorConfig { conv_dim: args.g_conv_dim, c_dim: args.c_dim, repeat_num: args.g_repeat_num },
+        device,
+    );
+    let d = Discriminator::new(
+        DiscriminatorConfig {
+            image_size: args.image_size,
+            conv_dim: args.d_conv_dim,
+            c_dim: args.c_dim,
+            repeat_num: args.d_repeat_num,
+        },
+        device,
+    );
+    StarGan::new(g, d, layout, Lambdas::default(), (1e-4, 1e-4), (0.5, 0.999))
+}
+
+fn batch(args: &BenchArgs, device: Device) -> Batch {
+    let n = args.batch_size;
+    let s = args.image_size;
+    Batch {
+        x: (Tensor::rand([n, 3, s, s], (Kind::Float, device)) * 2.0 - 1.0),
+        domain: 0,
+        label: Tensor::rand([n, args.c_dim], (Kind::Float, device)).ge(0.5).to_kind(Kind::Float),
+        rand_idx: Tensor::randperm(n, (Kind::Int64, device)),
+        alpha: Tensor::rand([n], (Kind::Float, device)),
+    }
+}
+
+/// Time `f` (`per` units per call) after `warmup` calls; milliseconds per unit.
+fn time(warmup: usize, iters: usize, per: usize, device: Device, mut f: impl FnMut()) -> Vec<f64> {
+    for _ in 0..warmup {
+        f();
+    }
+    sync(device);
+    (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            sync(device);
+            t.elapsed().as_secs_f64() * 1e3 / per as f64
+        })
+        .collect()
+}
+
+fn ours(what: &str, args: &BenchArgs, device: Device, images: &[PathBuf]) -> Result<Vec<f64>> {
+    if what == "loader" {
+        return loader_times(args, images);
+    }
+    let mut m = model(args, device);
+    let b = batch(args, device);
+    let mode = args.step_mode;
+    Ok(match what {
+        "d_step" => time(args.warmup, args.iters, 1, device, || {
+            let _ = m.iteration(&b, false, mode);
+        }),
+        "g_step" => time(args.warmup, args.iters, 1, device, || {
+            let _ = m.g_step(&b);
+        }),
+        "iteration" => {
+            let n = args.n_critic;
+            time(args.warmup, args.iters, n as usize, device, || {
+                for i in 0..n {
+                    let _ = m.iteration(&b, i + 1 == n, mode);
+                }
+            })
+        }
+        "translate" => {
+            let targets = m.layout.test_targets(0, &b.label);
+            time(args.warmup, args.iters, 1, device, || {
+                let mut cols = vec![b.x.shallow_clone()];
+                tch::no_grad(|| {
+                    for c in &targets {
+                        cols.push(m.g.forward_with(&b.x, c, NormStats::PerImageFrozen));
+                    }
+                });
+                let grid = crate::image_io::grid(&cols);
+                let _ = crate::image_io::quantize(&grid);
+            })
+        }
+        other => return Err(Error::Config(format!("--what: unknown measurement `{other}`"))),
+    })
+}
+
+/// Decode + centre crop 178 + resize to image_size + normalise, over every image, on rayon's threads.
+fn loader_times(args: &BenchArgs, images: &[PathBuf]) -> Result<Vec<f64>> {
+    let pipeline = Pipeline::new(178, args.image_size as u32)?;
+    let per = pipeline.output_len();
+    let mut out = vec![0f32; per * images.len()];
+    let mut run = || -> Result<()> {
+        out.par_chunks_mut(per)
+            .zip(images.par_iter())
+            .try_for_each(|(o, p)| pipeline.load_into(p, false, o))
+            .map_err(Error::from)
+    };
+    for _ in 0..args.warmup {
+        run()?;
+    }
+    let mut samples = Vec::new();
+    for _ in 0..args.iters {
+        let t = Instant::now();
+        run()?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3 / images.len() as f64);
+    }
+    Ok(samples)
+}
+
+/// 178×218 JPEGs like CelebA's aligned crops: synthetic faces rendered at 218 px, cut to 178 wide.
+fn loader_images(dir: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let d = std::env::temp_dir().join("stargan-bench-jpegs");
+            if !d.join("000256.jpg").exists() {
+                let src = crate::data::source::SyntheticSource::new(crate::data::synthetic::SyntheticSplit::Celeba, 0, false, 218)?;
+                let mut buf = vec![0f32; 3 * 218 * 218];
+                for i in 0..256 {
+                    src.load(i, false, &mut buf)?;
+                    let mut rgb = Vec::with_capacity(178 * 218 * 3);
+                    for y in 0..218 {
+                        for x in 20..198 {
+                            for c in 0..3 {
+                                rgb.push(((buf[c * 218 * 218 + y * 218 + x] + 1.0) * 127.5).round() as u8);
+                            }
+                        }
+                    }
+                    let mut jpg = Vec::new();
+                    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 95)
+                        .encode(&rgb, 178, 218, image::ExtendedColorType::Rgb8)
+                        .map_err(|e| Error::Config(format!("cannot encode a JPEG: {e}")))?;
+                    crate::checkpoint::write_atomic(&d.join(format!("{:06}.jpg", i + 1)), &jpg)?;
+                }
+            }
+            d
+        }
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|source| Error::Read { path: dir.clone(), source })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn reference_run(python: &Path, what: &str, args: &BenchArgs, threads: usize, image_dir: &Path) -> Result<(Vec<f64>, Option<f64>)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/reference.py");
+    let device = if matches!(args.device.resolve(), Device::Cuda(_)) { "cuda" } else { "cpu" };
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .args(["--image-size", &args.image_size.to_string(), "--batch-size", &args.batch_size.to_string()])
+        .args(["--g-conv-dim", &args.g_conv_dim.to_string(), "--d-conv-dim", &args.d_conv_dim.to_string()])
+        .args(["--g-repeat-num", &args.g_repeat_num.to_string(), "--d-repeat-num", &args.d_repeat_num.to_string()])
+        .args(["--c-dim", &args.c_dim.to_string(), "--n-critic", &args.n_critic.to_string()])
+        .args(["--threads", &threads.to_string(), "--device", device, "--what", what])
+        .args(["--warmup", &args.warmup.to_string(), "--iters", &args.iters.to_string()])
+        .arg("--image-dir")
+        .arg(image_dir)
+        .output()
+        .map_err(|source| Error::Read { path: python.to_path_buf(), source })?;
+    if !out.status.success() {
+        return Err(Error::Config(format!(
+            "reference benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains(&format!("\"what\": \"{what}\""))).ok_or_else(|| {
+        Error::Config(format!("reference benchmark printed no `{what}` result"))
+    })?;
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Config(e.to_string()))?;
+    let samples = v["samples"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+    Ok((samples, v["peak_rss_mb"].as_f64()))
+}
+
+/// Run the benchmark; returns the printed report.
+pub fn bench(args: &BenchArgs) -> Result<String> {
+    let device = args.device.resolve();
+    let threads = if args.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { args.threads };
+    tch::set_num_threads(threads as i32);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::Config(e.to_string()))?;
+    let images = if args.what.iter().any(|w| w == "loader") { loader_images(args.image_dir.as_deref())? } else { Vec::new() };
+    let image_dir = images.first().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
+    let mut all = Vec::new();
+    let mut report = format!(
+        "config: {} px, batch {}, G conv {} x{} res, D conv {} x{}, c_dim {}, n_critic {}, {} threads, {:?}, step {:?}\n",
+        args.image_size, args.batch_size, args.g_conv_dim, args.g_repeat_num, args.d_conv_dim, args.d_repeat_num,
+        args.c_dim, args.n_critic, threads, device, args.step_mode
+    );
+    report += "what        ours ms (median)   reference ms   speed-up (median of rounds, min-max)   peak RSS MB ours/ref\n";
+    for what in &args.what {
+        let (mut ours_m, mut theirs_m, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rss_o, mut rss_t) = (None, None);
+        for round in 0..args.rounds {
+            reset_peak_rss();
+            let s = pool.install(|| ours(what, args, device, &images))?;
+            rss_o = peak_rss_mb();
+            let mo = median(&s);
+            all.push(Measurement { implementation: "stargan", what: what.clone(), round, median_ms: mo, samples_ms: s, peak_rss_mb: rss_o });
+            ours_m.push(mo);
+            if let Some(py) = &args.reference {
+                let (s, rss) = reference_run(py, what, args, threads, &image_dir)?;
+                let mt = median(&s);
+                rss_t = rss;
+                all.push(Measurement { implementation: "pytorch", what: what.clone(), round, median_ms: mt, samples_ms: s, peak_rss_mb: rss });
+                theirs_m.push(mt);
+                ratios.push(mt / mo);
+            }
+        }
+        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0}"));
+        let (rmin, rmax) = ratios.iter().fold((f64::INFINITY, 0f64), |(a, b), &r| (a.min(r), b.max(r)));
+        report += &format!(
+            "{what:<11} {:>16.2}   {:>12}   {:>30}   {}/{}\n",
+            median(&ours_m),
+            if theirs_m.is_empty() { "-".into() } else { format!("{:.2}", median(&theirs_m)) },
+            if ratios.is_empty() { "-".into() } else { format!("{:.2}x ({rmin:.2}-{rmax:.2})", median(&ratios)) },
+            fmt(rss_o),
+            fmt(rss_t),
+        );
+    }
+    if what_per_image(&args.what) {
+        report += "(loader: ms per image, decode + crop 178 + resize + normalise, all threads; ratio = images/s ours / reference)\n";
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&all).map_err(|e| Error::Config(e.to_string()))?;
+        crate::checkpoint::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(report)
+}
+
+fn what_per_image(what: &[String]) -> bool {
+    what.iter().any(|w| w == "loader")
+}

@@ -1,0 +1,94 @@
+//! `stargan eval`: measure a trained generator (see [`crate::eval`] for the metrics).
+//!
+//! The data options are `stargan train`'s. A training checkpoint knows the data it was trained on:
+//! its configuration is the base, then the `--config` file, then the flags given (so
+//! `--max-images`-only invocations evaluate on the training data's test split, and e.g.
+//! `--celeba-image-dir` points at a moved copy). Device and thread settings are not inherited: they
+//! describe the machine that trained. A reference `.ckpt` or exported G carries no data settings:
+//! give the data flags as for `stargan train`.
+//!
+//! Where the judge classifier is cached: `--classifier`, else `--model-save-dir` when given, else
+//! the checkpoint's own folder (a training configuration's relative `model_save_dir` names the
+//! folder as seen from where training ran, which need not be the current directory).
+
+use crate::config::TrainConfig;
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, training_meta, EvalOptions, EvalReport};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// The generator: a training checkpoint (`{iteration}.stargan.safetensors`, which knows its
+    /// data and labels), or a reference `{step}-G.ckpt` / exported G (give the data flags).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Folder for eval.json, report.md, grid.png [default: <result-dir>/eval].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Test images per data set (the first ones, in file order).
+    #[arg(long, default_value_t = 512)]
+    pub max_images: usize,
+    /// Training iterations of the judge classifier, when it is not cached yet.
+    #[arg(long, default_value_t = 1500)]
+    pub classifier_iters: u64,
+    /// The judge classifier's cache file, reused when present [default:
+    /// <model-save-dir or the checkpoint's folder>/classifier-<hash of the data settings>.safetensors].
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
+    /// Data options, as for `stargan train` [default: the training checkpoint's].
+    #[command(flatten)]
+    pub run: crate::cli::RunArgs,
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        base.insert(k, v);
+    }
+}
+
+/// The data configuration of an evaluation (see the module docs).
+pub fn data_config(args: &EvalArgs) -> Result<TrainConfig> {
+    let Some(meta) = training_meta(&args.checkpoint)? else {
+        return args.run.resolve();
+    };
+    let mut table = toml::Table::try_from(&meta.config).map_err(|e| Error::Config(e.to_string()))?;
+    table.insert("device".into(), "auto".into());
+    table.insert("threads".into(), 0.into());
+    if let Some(path) = &args.run.config {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
+        let file: toml::Table =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
+        merge(&mut table, file);
+    }
+    merge(&mut table, toml::Table::try_from(&args.run).map_err(|e| Error::Config(e.to_string()))?);
+    table.try_into().map_err(|e: toml::de::Error| Error::Config(e.message().trim().to_string()))
+}
+
+/// The library options for these flags.
+pub fn options(args: &EvalArgs) -> Result<EvalOptions> {
+    let mut data = data_config(args)?;
+    if args.run.model_save_dir.is_none() {
+        if let Some(dir) = args.checkpoint.parent() {
+            data.model_save_dir = if dir.as_os_str().is_empty() { ".".into() } else { dir.to_path_buf() };
+        }
+    }
+    let mut opts = EvalOptions::new(&args.checkpoint, data);
+    if let Some(out) = &args.out {
+        opts.out = out.clone();
+    }
+    opts.max_images = args.max_images;
+    opts.classifier_iters = args.classifier_iters;
+    opts.classifier = args.classifier.clone();
+    Ok(opts)
+}
+
+/// `stargan eval`: evaluate, write the files and print a summary.
+pub fn eval(args: &EvalArgs) -> Result<EvalReport> {
+    let opts = options(args)?;
+    if opts.data.threads > 0 {
+        tch::set_num_threads(opts.data.threads as i32);
+    }
+    let report = evaluate(&opts)?;
+    print!("{}", crate::eval::summary(&report));
+    Ok(report)
+}
