@@ -183,7 +183,7 @@ pub struct Summary {
     pub all_correct: Option<f64>,
     /// Mean |x − G(G(x, c_trg), c_org)| in [-1, 1] units.
     pub reconstruction_l1: f64,
-    /// Built-in data only.
+    /// Built-in data only, and only where some pair has a ground truth.
     pub ground_truth: Option<GroundTruth>,
     /// Classifier Fréchet distance between the real test images and their translations.
     pub cfd: Option<f64>,
@@ -338,25 +338,21 @@ fn data_parts(cfg: &TrainConfig) -> Result<Parts> {
     Ok(Parts { train: judge_train, held_out, held_out_from: from, test, layout })
 }
 
-/// The first `max` images of source `k` as `(x [n,3,S,S], labels, source indices)` batches.
+/// The first `max` images of source `k` as `(x [n,3,S,S], labels, source indices)` batches (the
+/// loader must batch by [`EVAL_BATCH`]; only the batches needed are decoded).
 fn first_images<'a>(
     loader: &'a Loader,
     k: usize,
     max: usize,
     device: Device,
 ) -> impl Iterator<Item = Result<(Tensor, Vec<Label>, Vec<usize>)>> + 'a {
-    let mut seen = 0;
-    loader.sequential(k).map_while(move |hb| {
-        if seen >= max {
-            return None;
-        }
-        Some(hb.map_err(Error::from).map(|hb| {
-            let take = (max - seen).min(hb.len());
-            seen += take;
-            let s = hb.size as i64;
-            let x = Tensor::from_slice(&hb.images).view([-1, 3, s, s]).narrow(0, 0, take as i64).to_device(device);
-            (x, hb.labels[..take].to_vec(), hb.indices[..take].to_vec())
-        }))
+    loader.sequential(k).take(max.div_ceil(EVAL_BATCH)).enumerate().map(move |(b, hb)| {
+        let hb = hb?;
+        let take = (max - b * EVAL_BATCH).min(hb.len());
+        let s = hb.size as i64;
+        let x =
+            Tensor::from_slice(&hb.images).view([-1, 3, s, s]).narrow(0, 0, take as i64).to_device(device);
+        Ok((x, hb.labels[..take].to_vec(), hb.indices[..take].to_vec()))
     })
 }
 
@@ -379,7 +375,8 @@ fn classifier_description(cfg: &TrainConfig, layout: &LabelLayout, iterations: u
             "skip_missing": cfg.skip_missing,
         })
     };
-    let rafd = || json!({ "rafd_image_dir": canonical(&cfg.rafd_image_dir), "rafd_crop_size": cfg.rafd_crop_size });
+    let rafd =
+        || json!({ "rafd_image_dir": canonical(&cfg.rafd_image_dir), "rafd_crop_size": cfg.rafd_crop_size });
     let data = match cfg.dataset {
         DatasetKind::Synthetic => json!({ "synthetic_split": cfg.synthetic_split }),
         DatasetKind::Celeba => celeba(),
@@ -453,7 +450,11 @@ fn held_out_accuracy(
             .labels
             .iter()
             .zip(&per)
-            .map(|(l, &(n, c))| LabelAccuracy { label: l.clone(), images: n, accuracy: (n > 0).then(|| ratio(c, n)) })
+            .map(|(l, &(n, c))| LabelAccuracy {
+                label: l.clone(),
+                images: n,
+                accuracy: (n > 0).then(|| ratio(c, n)),
+            })
             .collect();
         let (accuracy, all_correct) = match d.kind {
             LabelKind::MultiLabel => {
@@ -517,7 +518,7 @@ impl Acc {
             error: 1.0 - accuracy,
             all_correct: (self.all_pairs > 0).then(|| self.all_correct / self.all_pairs as f64),
             reconstruction_l1: self.rec / n,
-            ground_truth: has_truth.then(|| GroundTruth {
+            ground_truth: (has_truth && self.gt_pairs > 0).then(|| GroundTruth {
                 pairs: self.gt_pairs,
                 l1: self.gt_l1 / g,
                 l1_levels: self.gt_l1 / g * 127.5,
@@ -604,10 +605,8 @@ pub fn training_meta(path: &Path) -> Result<Option<native::Meta>> {
     f.read_exact(&mut header).map_err(read_err)?;
     let value: serde_json::Value = serde_json::from_slice(&header)
         .map_err(|e| Error::Config(format!("{}: unreadable safetensors header: {e}", path.display())))?;
-    let metadata: std::collections::HashMap<String, String> = value
-        .get("__metadata__")
-        .and_then(|m| serde_json::from_value(m.clone()).ok())
-        .unwrap_or_default();
+    let metadata: std::collections::HashMap<String, String> =
+        value.get("__metadata__").and_then(|m| serde_json::from_value(m.clone()).ok()).unwrap_or_default();
     let file = checkpoint::TensorFile { tensors: Default::default(), metadata };
     Ok(native::meta_of(&file, path)?)
 }
@@ -640,15 +639,14 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
     let loaded = load_generator(&opts.checkpoint, None, device)?;
     let ck = opts.checkpoint.display();
     match &meta {
-        Some(m) => {
-            if m.layout != layout {
-                return Err(Error::Config(format!(
-                    "{ck} was trained on {}, but the data has {}",
-                    describe(&m.layout),
-                    describe(&layout)
-                )));
-            }
+        Some(m) if m.layout != layout => {
+            return Err(Error::Config(format!(
+                "{ck} was trained on {}, but the data has {}",
+                describe(&m.layout),
+                describe(&layout)
+            )))
         }
+        Some(_) => {}
         None if loaded.g.config.c_dim != layout.g_dim() => {
             return Err(Error::Config(format!(
                 "{ck} takes {} labels but the data ({}) has {}; give the data flags it was trained with",
@@ -660,7 +658,10 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
         None => {}
     }
     if let Some(s) = loaded.image_size.filter(|&s| s != cfg.image_size) {
-        return Err(Error::Config(format!("{ck} works on {s}×{s} images, not --image-size {}", cfg.image_size)));
+        return Err(Error::Config(format!(
+            "{ck} works on {s}×{s} images, not --image-size {}",
+            cfg.image_size
+        )));
     }
     let g = loaded.g;
 
@@ -695,9 +696,14 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
     // Translations.
     let t_tr = Instant::now();
     let names = layout.test_target_names();
-    let target_of: Vec<(usize, usize)> =
-        layout.domains.iter().enumerate().flat_map(|(j, d)| (0..d.labels.len()).map(move |i| (j, i))).collect();
-    let offsets: Vec<i64> = layout.domains.iter().scan(0, |o, d| Some(std::mem::replace(o, *o + d.dim()))).collect();
+    let target_of: Vec<(usize, usize)> = layout
+        .domains
+        .iter()
+        .enumerate()
+        .flat_map(|(j, d)| (0..d.labels.len()).map(move |i| (j, i)))
+        .collect();
+    let offsets: Vec<i64> =
+        layout.domains.iter().scan(0, |o, d| Some(std::mem::replace(o, *o + d.dim()))).collect();
     let splits: Vec<Option<SyntheticSplit>> =
         parts.test.iter().map(|s| s.as_synthetic().map(|s| s.split())).collect();
     let test_loader = Loader::new(parts.test.clone(), EVAL_BATCH, cfg.seed, false)?;
@@ -751,11 +757,14 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
                         let all = pred.eq_tensor(&trg).all_dim(1, false);
                         acc.all_correct += all.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
                     }
-                    acc.rec += per_image(&(&x - &rec).abs().mean_dim(&[1i64, 2, 3][..], false, Kind::Float))?.iter().sum::<f64>();
+                    acc.rec += per_image(&(&x - &rec).abs().mean_dim(&[1i64, 2, 3][..], false, Kind::Float))?
+                        .iter()
+                        .sum::<f64>();
                     let mut truth_img = None;
                     if let (Some(samples), Some(split)) = (&samples, splits[j]) {
                         let v: Vec<f32> = Vec::try_from(trg.to_device(Device::Cpu).contiguous().view([-1]))?;
-                        let (truth, valid) = render_truth(hb_size(&x), samples, split, &v, dj.dim() as usize)?;
+                        let (truth, valid) =
+                            render_truth(hb_size(&x), samples, split, &v, dj.dim() as usize)?;
                         let truth = truth.to_device(device);
                         let (l1, psnr) = errors(&y, &truth)?;
                         let (id_l1, id_psnr) = errors(&x, &truth)?;

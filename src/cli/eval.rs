@@ -55,9 +55,10 @@ pub fn data_config(args: &EvalArgs) -> Result<TrainConfig> {
     table.insert("device".into(), "auto".into());
     table.insert("threads".into(), 0.into());
     if let Some(path) = &args.run.config {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
-        let file: toml::Table =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
+        let file: toml::Table = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
         merge(&mut table, file);
     }
     merge(&mut table, toml::Table::try_from(&args.run).map_err(|e| Error::Config(e.to_string()))?);

@@ -1,8 +1,8 @@
 //! The `stargan` command line: one module per subcommand (train's flags live in `args`).
 
 pub mod args;
-pub mod eval;
 pub mod bench;
+pub mod eval;
 pub mod synth;
 pub mod test;
 pub mod translate;

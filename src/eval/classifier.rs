@@ -157,7 +157,7 @@ impl Classifier {
                 let x = Tensor::from_slice(&hb.images).view([-1, 3, s, s]).to_device(device);
                 let label = labels_tensor(&hb.labels).to_device(device);
                 let logits = self.logits(hb.source, &self.features(&x, true));
-                total = total + self.loss(hb.source, &logits, &label);
+                total += self.loss(hb.source, &logits, &label);
             }
             opt.backward_step(&total);
             if it >= tail_from {
