@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use stargan::checkpoint::{infer_discriminator, infer_generator, read_tensors};
 use stargan::labels::{celeba_domain, onehot_domain, LabelLayout};
-use stargan::model::{Discriminator, Generator, NormStats, Role};
+use stargan::model::{Discriminator, Generator, NormStats};
 use stargan::train::{Batch, Lambdas, StarGan, StepMode};
 use std::collections::HashMap;
 use std::path::Path;
@@ -276,39 +276,60 @@ fn run_scenario(dir: &Path) {
     for (what, err) in report {
         println!("parity {name}: {what:<26} max error {err:.3e}");
     }
-    check_fast_mode(dir, &e, &t, &model);
+    check_fast_mode(dir, &e, &t);
 }
 
-/// The fast step (one shared G(x, c_trg) per G iteration) must reproduce the reference step:
-/// identical losses and parameters, running averages equal up to rounding.
-fn check_fast_mode(dir: &Path, e: &Expected, t: &HashMap<String, Tensor>, reference: &StarGan) {
+/// The fast step (one shared G(x, c_trg) per G iteration, one D pass over real and fake) computes
+/// the same objective with a different grouping of the same kernels, so it is held to the issue's
+/// bounds against the fixture like the reference step: losses 1e-5 relative, weights and buffers
+/// after the Adam steps 1e-3 absolute.
+fn check_fast_mode(dir: &Path, e: &Expected, t: &HashMap<String, Tensor>) {
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
     let (_, keys) = layout(e);
     let mut fast = build(dir, e);
     let mut rows = e.losses.iter();
+    let mut worst_loss: f64 = 0.0;
     for it in 0..e.iterations {
         for (domain, key) in keys.iter().enumerate() {
             let b = batch(t, &format!("it{it}_{key}"), domain, &fast.layout);
             let (d, g) = fast.iteration(&b, (it + 1) % e.n_critic == 0, StepMode::Fast);
             let row = rows.next().unwrap();
-            check_loss(&format!("{name} fast D/loss"), &d.total, &row["D/loss"]);
+            let check = |what: &str, a: &Tensor| check_loss(&format!("{name} fast {what}"), a, &row[what]);
+            for (what, a) in [
+                ("D/loss_real", &d.real),
+                ("D/loss_fake", &d.fake),
+                ("D/loss_cls", &d.cls),
+                ("D/loss_gp", &d.gp),
+                ("D/loss", &d.total),
+            ] {
+                worst_loss = worst_loss.max(check(what, a));
+            }
             if let Some(g) = g {
-                check_loss(&format!("{name} fast G/loss"), &g.total, &row["G/loss"]);
+                for (what, a) in [
+                    ("G/loss_fake", &g.fake),
+                    ("G/loss_rec", &g.rec),
+                    ("G/loss_cls", &g.cls),
+                    ("G/loss", &g.total),
+                ] {
+                    worst_loss = worst_loss.max(check(what, a));
+                }
             }
         }
     }
-    let mut worst_buffer: f64 = 0.0;
-    for (net, a, b) in [("G", &fast.g.weights, &reference.g.weights), ("D", &fast.d.weights, &reference.d.weights)] {
-        for ((key, x, role), (_, y, _)) in a.iter().zip(b.iter()) {
-            let diff = max_abs_diff(x, y);
-            match role {
-                Role::Parameter => assert_eq!(diff, 0.0, "{name} fast mode: {net} {key} differs from the reference step"),
-                Role::Buffer => worst_buffer = worst_buffer.max(diff),
-            }
+    let mut worst: f64 = 0.0;
+    for (net, weights) in [("G", &fast.g.weights), ("D", &fast.d.weights)] {
+        for (key, tensor, _) in weights.iter() {
+            let expected = &t[&format!("final.{net}.{key}")];
+            worst = worst.max(assert_close_abs(
+                &format!("{name} fast final {net} {key}"),
+                tensor,
+                expected,
+                WEIGHT_TOL,
+            ));
         }
     }
-    assert!(worst_buffer <= 1e-6, "{name} fast mode: running averages differ by {worst_buffer:e}");
-    println!("parity {name}: {:<26} max error {worst_buffer:.3e}", "fast step, running stats");
+    println!("parity {name}: {:<26} max error {worst_loss:.3e}", "fast step, losses");
+    println!("parity {name}: {:<26} max error {worst:.3e}", "fast step, final (abs)");
 }
 
 #[test]

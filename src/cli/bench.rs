@@ -6,8 +6,8 @@ use crate::data::source::Source;
 use crate::data::transform::Pipeline;
 use crate::error::{Error, Result};
 use crate::labels::{celeba_domain, LabelLayout, DEFAULT_CELEBA_ATTRS};
-use crate::train::{Batch, Lambdas, StarGan, StepMode};
 use crate::model::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, NormStats};
+use crate::train::{Batch, Lambdas, StarGan, StepMode};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -221,7 +221,12 @@ fn loader_images(dir: Option<&Path>) -> Result<Vec<PathBuf>> {
         None => {
             let d = std::env::temp_dir().join("stargan-bench-jpegs");
             if !d.join("000256.jpg").exists() {
-                let src = crate::data::source::SyntheticSource::new(crate::data::synthetic::SyntheticSplit::Celeba, 0, false, 218)?;
+                let src = crate::data::source::SyntheticSource::new(
+                    crate::data::synthetic::SyntheticSplit::Celeba,
+                    0,
+                    false,
+                    218,
+                )?;
                 let mut buf = vec![0f32; 3 * 218 * 218];
                 for i in 0..256 {
                     src.load(i, false, &mut buf)?;
@@ -252,14 +257,25 @@ fn loader_images(dir: Option<&Path>) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn reference_run(python: &Path, what: &str, args: &BenchArgs, threads: usize, image_dir: &Path) -> Result<(Vec<f64>, Option<f64>)> {
+fn reference_run(
+    python: &Path,
+    what: &str,
+    args: &BenchArgs,
+    threads: usize,
+    image_dir: &Path,
+) -> Result<(Vec<f64>, Option<f64>)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/reference.py");
     let device = if matches!(args.device.resolve(), Device::Cuda(_)) { "cuda" } else { "cpu" };
     let out = std::process::Command::new(python)
         .arg(&script)
         .args(["--image-size", &args.image_size.to_string(), "--batch-size", &args.batch_size.to_string()])
         .args(["--g-conv-dim", &args.g_conv_dim.to_string(), "--d-conv-dim", &args.d_conv_dim.to_string()])
-        .args(["--g-repeat-num", &args.g_repeat_num.to_string(), "--d-repeat-num", &args.d_repeat_num.to_string()])
+        .args([
+            "--g-repeat-num",
+            &args.g_repeat_num.to_string(),
+            "--d-repeat-num",
+            &args.d_repeat_num.to_string(),
+        ])
         .args(["--c-dim", &args.c_dim.to_string(), "--n-critic", &args.n_critic.to_string()])
         .args(["--threads", &threads.to_string(), "--device", device, "--what", what])
         .args(["--warmup", &args.warmup.to_string(), "--iters", &args.iters.to_string()])
@@ -274,21 +290,34 @@ fn reference_run(python: &Path, what: &str, args: &BenchArgs, threads: usize, im
         )));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains(&format!("\"what\": \"{what}\""))).ok_or_else(|| {
-        Error::Config(format!("reference benchmark printed no `{what}` result"))
-    })?;
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("\"what\": \"{what}\"")))
+        .ok_or_else(|| Error::Config(format!("reference benchmark printed no `{what}` result")))?;
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Config(e.to_string()))?;
-    let samples = v["samples"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+    let samples =
+        v["samples"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
     Ok((samples, v["peak_rss_mb"].as_f64()))
 }
 
 /// Run the benchmark; returns the printed report.
 pub fn bench(args: &BenchArgs) -> Result<String> {
     let device = args.device.resolve();
-    let threads = if args.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { args.threads };
+    let threads = if args.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.threads
+    };
     tch::set_num_threads(threads as i32);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::Config(e.to_string()))?;
-    let images = if args.what.iter().any(|w| w == "loader") { loader_images(args.image_dir.as_deref())? } else { Vec::new() };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let images = if args.what.iter().any(|w| w == "loader") {
+        loader_images(args.image_dir.as_deref())?
+    } else {
+        Vec::new()
+    };
     let image_dir = images.first().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
     let mut all = Vec::new();
     let mut report = format!(
@@ -305,13 +334,27 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
             let s = pool.install(|| ours(what, args, device, &images))?;
             rss_o = peak_rss_mb();
             let mo = median(&s);
-            all.push(Measurement { implementation: "stargan", what: what.clone(), round, median_ms: mo, samples_ms: s, peak_rss_mb: rss_o });
+            all.push(Measurement {
+                implementation: "stargan",
+                what: what.clone(),
+                round,
+                median_ms: mo,
+                samples_ms: s,
+                peak_rss_mb: rss_o,
+            });
             ours_m.push(mo);
             if let Some(py) = &args.reference {
                 let (s, rss) = reference_run(py, what, args, threads, &image_dir)?;
                 let mt = median(&s);
                 rss_t = rss;
-                all.push(Measurement { implementation: "pytorch", what: what.clone(), round, median_ms: mt, samples_ms: s, peak_rss_mb: rss });
+                all.push(Measurement {
+                    implementation: "pytorch",
+                    what: what.clone(),
+                    round,
+                    median_ms: mt,
+                    samples_ms: s,
+                    peak_rss_mb: rss,
+                });
                 theirs_m.push(mt);
                 ratios.push(mt / mo);
             }
@@ -322,7 +365,11 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
             "{what:<11} {:>16.2}   {:>12}   {:>30}   {}/{}\n",
             median(&ours_m),
             if theirs_m.is_empty() { "-".into() } else { format!("{:.2}", median(&theirs_m)) },
-            if ratios.is_empty() { "-".into() } else { format!("{:.2}x ({rmin:.2}-{rmax:.2})", median(&ratios)) },
+            if ratios.is_empty() {
+                "-".into()
+            } else {
+                format!("{:.2}x ({rmin:.2}-{rmax:.2})", median(&ratios))
+            },
             fmt(rss_o),
             fmt(rss_t),
         );

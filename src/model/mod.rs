@@ -173,7 +173,8 @@ impl InstanceNorm {
     pub(crate) fn forward(&self, x: &Tensor, stats: NormStats) -> Tensor {
         match stats {
             NormStats::PerImage | NormStats::PerImageTwice => {
-                let momentum = if stats == NormStats::PerImageTwice { 1.0 - (1.0 - MOMENTUM).powi(2) } else { MOMENTUM };
+                let momentum =
+                    if stats == NormStats::PerImageTwice { 1.0 - (1.0 - MOMENTUM).powi(2) } else { MOMENTUM };
                 x.instance_norm(
                     Some(&self.weight),
                     Some(&self.bias),

@@ -64,16 +64,19 @@ pub struct GLosses {
 }
 
 /// How an iteration is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum StepMode {
     /// Operation for operation as the reference (bit-identical results).
     Reference,
     /// The same objective with less work: in iterations with a G step, G(x, c_trg) is computed once
     /// (with its graph) and shared by the D and G updates, where the reference computes it twice
-    /// with the same weights; otherwise it is computed without building a graph. Gradients and
-    /// losses are the reference's; the instance-norm running averages are updated as the reference
-    /// updates them (see `NormStats::PerImageTwice`), equal up to rounding.
+    /// with the same weights (otherwise it is computed without a graph); D judges the real and the
+    /// generated images in one pass. Losses and gradients equal the reference's up to rounding (the
+    /// parity tests hold it to the same bounds); the instance-norm running averages move as the
+    /// reference moves them (see `NormStats::PerImageTwice`).
     #[default]
     Fast,
 }
@@ -111,19 +114,25 @@ impl StarGan {
     pub fn d_loss(&self, b: &Batch) -> DLosses {
         let c_trg = self.layout.condition(b.domain, &b.label_trg());
         let x_fake = self.g.forward(&b.x, &c_trg).detach();
-        self.d_loss_on(b, &x_fake)
+        self.d_loss_on(b, &x_fake, false)
     }
 
     /// L_D with G(x, c_trg) already computed.
-    fn d_loss_on(&self, b: &Batch, x_fake: &Tensor) -> DLosses {
+    fn d_loss_on(&self, b: &Batch, x_fake: &Tensor, fused: bool) -> DLosses {
         let kind = self.layout.domains[b.domain].kind;
-        let (out_src, out_cls) = self.d.forward(&b.x);
-        let real = loss::adversarial_real(&out_src);
-        let cls = loss::classification(&self.layout.slice_logits(b.domain, &out_cls), &b.label, kind);
-
         let x_fake = x_fake.detach();
-        let (out_src, _) = self.d.forward(&x_fake);
-        let fake = loss::adversarial_fake(&out_src);
+        let (real_src, real_cls, fake_src) = if fused {
+            // D has no batch-dependent layer: one pass over [real; fake] computes both halves.
+            let n = b.x.size()[0];
+            let (src, cls) = self.d.forward(&Tensor::cat(&[&b.x, &x_fake], 0));
+            (src.narrow(0, 0, n), cls.narrow(0, 0, n), src.narrow(0, n, n))
+        } else {
+            let (real_src, real_cls) = self.d.forward(&b.x);
+            (real_src, real_cls, self.d.forward(&x_fake).0)
+        };
+        let real = loss::adversarial_real(&real_src);
+        let cls = loss::classification(&self.layout.slice_logits(b.domain, &real_cls), &b.label, kind);
+        let fake = loss::adversarial_fake(&fake_src);
 
         let gp = loss::gradient_penalty(&self.d, &b.x, &x_fake, &b.alpha);
 
@@ -193,7 +202,7 @@ impl StarGan {
         } else {
             tch::no_grad(|| self.g.forward(&b.x, &c_trg))
         };
-        let d = self.d_loss_on(b, &x_fake);
+        let d = self.d_loss_on(b, &x_fake, true);
         let grads = gradients(&d.total, &self.d.weights.parameters());
         self.d_opt.step(&self.d.weights.parameters(), &grads);
         if !with_g {
