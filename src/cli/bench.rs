@@ -257,13 +257,13 @@ fn loader_images(dir: Option<&Path>) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn reference_run(
+/// Run bench/reference.py with the model configuration and `extra` arguments; its JSON lines.
+fn reference_json(
     python: &Path,
-    what: &str,
     args: &BenchArgs,
     threads: usize,
-    image_dir: &Path,
-) -> Result<(Vec<f64>, Option<f64>)> {
+    extra: &[&str],
+) -> Result<Vec<serde_json::Value>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/reference.py");
     let device = if matches!(args.device.resolve(), Device::Cuda(_)) { "cuda" } else { "cpu" };
     let out = std::process::Command::new(python)
@@ -277,10 +277,8 @@ fn reference_run(
             &args.d_repeat_num.to_string(),
         ])
         .args(["--c-dim", &args.c_dim.to_string(), "--n-critic", &args.n_critic.to_string()])
-        .args(["--threads", &threads.to_string(), "--device", device, "--what", what])
-        .args(["--warmup", &args.warmup.to_string(), "--iters", &args.iters.to_string()])
-        .arg("--image-dir")
-        .arg(image_dir)
+        .args(["--threads", &threads.to_string(), "--device", device])
+        .args(extra)
         .output()
         .map_err(|source| Error::Read { path: python.to_path_buf(), source })?;
     if !out.status.success() {
@@ -289,15 +287,55 @@ fn reference_run(
             String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
         )));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains(&format!("\"what\": \"{what}\"")))
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+fn reference_run(
+    python: &Path,
+    what: &str,
+    args: &BenchArgs,
+    threads: usize,
+    image_dir: &Path,
+) -> Result<(Vec<f64>, Option<f64>)> {
+    let (warmup, iters) = (args.warmup.to_string(), args.iters.to_string());
+    let dir = image_dir.to_string_lossy();
+    let extra = ["--what", what, "--warmup", &warmup, "--iters", &iters, "--image-dir", &dir];
+    let lines = reference_json(python, args, threads, &extra)?;
+    let v = lines
+        .iter()
+        .find(|v| v["what"] == what)
         .ok_or_else(|| Error::Config(format!("reference benchmark printed no `{what}` result")))?;
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Config(e.to_string()))?;
     let samples =
         v["samples"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
     Ok((samples, v["peak_rss_mb"].as_f64()))
+}
+
+/// The FLOPs the reference executes per measured unit (its own count, backward passes included),
+/// and a measured fp32 matmul rate to calibrate the machine's practical peak.
+fn flops_and_peak(
+    python: &Path,
+    args: &BenchArgs,
+    threads: usize,
+) -> Result<(serde_json::Value, Option<f64>)> {
+    let flops = reference_json(python, args, threads, &["--flops", "--count-flops"])?;
+    let executed = flops.first().map(|v| v["executed_flops"].clone()).unwrap_or_default();
+    let sgemm = reference_json(python, args, threads, &["--sgemm", "2048", "--warmup", "1", "--iters", "3"])?;
+    Ok((executed, sgemm.first().and_then(|v| v["gflops_median"].as_f64())))
+}
+
+/// Theoretical fp32 peak: cores × GHz × 32 FLOP/cycle (an AVX-512 FMA: 16 lanes × 2, one per cycle
+/// sustained on this class of core; a rough bound, which is why an sgemm is measured too).
+fn theoretical_peak_gflops(threads: usize) -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    let lanes = if info.contains("avx512f") {
+        16.0
+    } else if info.contains("avx2") {
+        8.0
+    } else {
+        4.0
+    };
+    Some(threads as f64 * mhz / 1000.0 * lanes * 2.0)
 }
 
 /// Run the benchmark; returns the printed report.
@@ -325,7 +363,11 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
         args.image_size, args.batch_size, args.g_conv_dim, args.g_repeat_num, args.d_conv_dim, args.d_repeat_num,
         args.c_dim, args.n_critic, threads, device, args.step_mode
     );
-    report += "what        ours ms (median)   reference ms   speed-up (median of rounds, min-max)   peak RSS MB ours/ref\n";
+    let (flops, sgemm) = match &args.reference {
+        Some(py) if args.device.resolve() == Device::Cpu => flops_and_peak(py, args, threads)?,
+        _ => (serde_json::Value::Null, None),
+    };
+    report += "what        ours ms (median)   reference ms   speed-up (median of rounds, min-max)   peak RSS MB ours/ref   GFLOP/s ours/ref\n";
     for what in &args.what {
         let (mut ours_m, mut theirs_m, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rss_o, mut rss_t) = (None, None);
@@ -361,21 +403,30 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
         }
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0}"));
         let (rmin, rmax) = ratios.iter().fold((f64::INFINITY, 0f64), |(a, b), &r| (a.min(r), b.max(r)));
+        // The reference's executed FLOPs over each side's time: for us an effective rate (the fast
+        // step skips part of that work).
+        let gflops = flops[what.as_str()].as_f64().map_or("-".to_string(), |f| {
+            format!("{:.1}/{:.1}", f / median(&ours_m) / 1e6, f / median(&theirs_m) / 1e6)
+        });
+        let speedup = if ratios.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.2}x ({rmin:.2}-{rmax:.2})", median(&ratios))
+        };
+        let theirs = if theirs_m.is_empty() { "-".to_string() } else { format!("{:.2}", median(&theirs_m)) };
+        let rss = format!("{}/{}", fmt(rss_o), fmt(rss_t));
         report += &format!(
-            "{what:<11} {:>16.2}   {:>12}   {:>30}   {}/{}\n",
-            median(&ours_m),
-            if theirs_m.is_empty() { "-".into() } else { format!("{:.2}", median(&theirs_m)) },
-            if ratios.is_empty() {
-                "-".into()
-            } else {
-                format!("{:.2}x ({rmin:.2}-{rmax:.2})", median(&ratios))
-            },
-            fmt(rss_o),
-            fmt(rss_t),
+            "{what:<11} {:>16.2}   {theirs:>12}   {speedup:>36}   {rss:>20}   {gflops:>16}\n",
+            median(&ours_m)
         );
     }
     if what_per_image(&args.what) {
         report += "(loader: ms per image, decode + crop 178 + resize + normalise, all threads; ratio = images/s ours / reference)\n";
+    }
+    if let Some(peak) = theoretical_peak_gflops(threads) {
+        report += &format!("fp32 peak of {threads} core(s): {peak:.0} GFLOP/s theoretical");
+        report += &sgemm.map_or(String::new(), |g| format!(", {g:.0} GFLOP/s measured (2048² sgemm)"));
+        report += "\n";
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&all).map_err(|e| Error::Config(e.to_string()))?;
