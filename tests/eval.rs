@@ -1,43 +1,27 @@
 //! `stargan eval` on tiny models: that every metric is computed and lands in range and in the files,
 //! that the judge classifier is cached and reused, and the Fréchet distance itself.
 
-use stargan::config::{DatasetKind, DeviceChoice, SyntheticSplit, TrainConfig};
+mod common;
+
+use stargan::config::{DatasetKind, SyntheticSplit, TrainConfig};
 use stargan::eval::{evaluate, frechet_distance, EvalOptions, EvalReport};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("stargan-eval-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("eval", name)
 }
 
-/// A 16-px model with 8-channel networks, trained for 4 iterations: seconds on a CPU.
+/// The shared tiny configuration, trained for 4 iterations (G updated twice), logging every 2.
 fn tiny(dir: &Path) -> TrainConfig {
     TrainConfig {
-        image_size: 16,
-        g_conv_dim: 8,
-        d_conv_dim: 8,
-        g_repeat_num: 1,
-        d_repeat_num: 4,
-        batch_size: 4,
-        num_iters: 4,
         num_iters_decay: 2,
-        n_critic: 2,
         log_step: 2,
         sample_step: 4,
         model_save_step: 4,
-        lr_update_step: 1,
         use_tensorboard: false,
-        device: DeviceChoice::Cpu,
-        threads: 1,
-        log_dir: dir.join("logs"),
-        model_save_dir: dir.join("models"),
-        sample_dir: dir.join("samples"),
-        result_dir: dir.join("results"),
-        ..TrainConfig::synthetic_default()
+        ..common::tiny_config(dir, 4)
     }
 }
 

@@ -12,7 +12,7 @@ use common::*;
 use stargan::checkpoint::{infer_discriminator, infer_generator, read_tensors};
 use stargan::labels::{celeba_domain, onehot_domain, LabelLayout};
 use stargan::model::{Discriminator, Generator, NormStats};
-use stargan::train::{Batch, Lambdas, StarGan, StepMode};
+use stargan::train::{Batch, DLosses, GLosses, Lambdas, StarGan, StepMode};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -85,6 +85,29 @@ fn check_loss(what: &str, actual: &Tensor, expected: &serde_json::Value) -> f64 
     let err = (a - e).abs() / e.abs().max(1e-12);
     assert!(err <= LOSS_TOL, "{what}: {a} vs reference {e} (relative error {err:.3e})");
     err
+}
+
+type Row = HashMap<String, serde_json::Value>;
+
+/// Every D loss of one step against the reference's row; returns the worst relative error.
+fn check_d_losses(what: &str, row: &Row, d: &DLosses) -> f64 {
+    [
+        ("D/loss_real", &d.real),
+        ("D/loss_fake", &d.fake),
+        ("D/loss_cls", &d.cls),
+        ("D/loss_gp", &d.gp),
+        ("D/loss", &d.total),
+    ]
+    .into_iter()
+    .map(|(key, a)| check_loss(&format!("{what} {key}"), a, &row[key]))
+    .fold(0.0, f64::max)
+}
+
+fn check_g_losses(what: &str, row: &Row, g: &GLosses) -> f64 {
+    [("G/loss_fake", &g.fake), ("G/loss_rec", &g.rec), ("G/loss_cls", &g.cls), ("G/loss", &g.total)]
+        .into_iter()
+        .map(|(key, a)| check_loss(&format!("{what} {key}"), a, &row[key]))
+        .fold(0.0, f64::max)
 }
 
 fn check_grads(
@@ -175,17 +198,7 @@ fn run_scenario(dir: &Path) {
             model.d_opt.step(&model.d.weights.parameters(), &dgrads);
 
             let row = loss_rows.next().unwrap_or_else(|| panic!("{name}: fewer loss rows than iterations"));
-            let check =
-                |what: &str, a: &Tensor| check_loss(&format!("{name} it{it} {}", what), a, &row[what]);
-            for (what, a) in [
-                ("D/loss_real", &dl.real),
-                ("D/loss_fake", &dl.fake),
-                ("D/loss_cls", &dl.cls),
-                ("D/loss_gp", &dl.gp),
-                ("D/loss", &dl.total),
-            ] {
-                worst_loss = worst_loss.max(check(what, a));
-            }
+            worst_loss = worst_loss.max(check_d_losses(&format!("{name} it{it}"), row, &dl));
 
             if (it + 1) % e.n_critic == 0 {
                 let (gl, ggrads) = model.g_gradients(&b);
@@ -197,14 +210,7 @@ fn run_scenario(dir: &Path) {
                     ));
                 }
                 model.g_opt.step(&model.g.weights.parameters(), &ggrads);
-                for (what, a) in [
-                    ("G/loss_fake", &gl.fake),
-                    ("G/loss_rec", &gl.rec),
-                    ("G/loss_cls", &gl.cls),
-                    ("G/loss", &gl.total),
-                ] {
-                    worst_loss = worst_loss.max(check(what, a));
-                }
+                worst_loss = worst_loss.max(check_g_losses(&format!("{name} it{it}"), row, &gl));
             }
         }
     }
@@ -294,25 +300,9 @@ fn check_fast_mode(dir: &Path, e: &Expected, t: &HashMap<String, Tensor>) {
             let b = batch(t, &format!("it{it}_{key}"), domain, &fast.layout);
             let (d, g) = fast.iteration(&b, (it + 1) % e.n_critic == 0, StepMode::Fast);
             let row = rows.next().unwrap();
-            let check = |what: &str, a: &Tensor| check_loss(&format!("{name} fast {what}"), a, &row[what]);
-            for (what, a) in [
-                ("D/loss_real", &d.real),
-                ("D/loss_fake", &d.fake),
-                ("D/loss_cls", &d.cls),
-                ("D/loss_gp", &d.gp),
-                ("D/loss", &d.total),
-            ] {
-                worst_loss = worst_loss.max(check(what, a));
-            }
+            worst_loss = worst_loss.max(check_d_losses(&format!("{name} fast it{it}"), row, &d));
             if let Some(g) = g {
-                for (what, a) in [
-                    ("G/loss_fake", &g.fake),
-                    ("G/loss_rec", &g.rec),
-                    ("G/loss_cls", &g.cls),
-                    ("G/loss", &g.total),
-                ] {
-                    worst_loss = worst_loss.max(check(what, a));
-                }
+                worst_loss = worst_loss.max(check_g_losses(&format!("{name} fast it{it}"), row, &g));
             }
         }
     }

@@ -1,8 +1,11 @@
 //! End-to-end training on small generated data sets in both real layouts, exact resume, interruption,
 //! and the bad inputs a user can hand the trainer.
 
+mod common;
+
+use common::tiny_config;
 use stargan::checkpoint::{native, read_tensors};
-use stargan::config::{DeviceChoice, TrainConfig};
+use stargan::config::TrainConfig;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -12,10 +15,7 @@ fn bin() -> &'static str {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("stargan-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("train", name)
 }
 
 fn run(args: &[&str]) -> Output {
@@ -150,31 +150,6 @@ fn trains_and_tests_on_every_layout() {
         assert!(dir.join("results/1-images.png").is_file(), "{dataset}: no result grid");
         let per_image = std::fs::read_dir(dir.join("results/images")).unwrap().count();
         assert!(per_image > 0, "{dataset}: no per-target images");
-    }
-}
-
-fn tiny_config(dir: &Path, iters: u64) -> TrainConfig {
-    TrainConfig {
-        image_size: 16,
-        g_conv_dim: 8,
-        d_conv_dim: 8,
-        g_repeat_num: 1,
-        d_repeat_num: 4,
-        batch_size: 4,
-        n_critic: 2,
-        num_iters: iters,
-        num_iters_decay: iters,
-        lr_update_step: 1,
-        log_step: 1000,
-        sample_step: 1000,
-        model_save_step: 1000,
-        device: DeviceChoice::Cpu,
-        threads: 1,
-        log_dir: dir.join("logs"),
-        model_save_dir: dir.join("models"),
-        sample_dir: dir.join("samples"),
-        result_dir: dir.join("results"),
-        ..TrainConfig::synthetic_default()
     }
 }
 

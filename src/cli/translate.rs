@@ -287,21 +287,8 @@ pub fn info(args: &InfoArgs) -> Result<String> {
             "training checkpoint at iteration {} (lr G {:.3e}, D {:.3e})\n",
             meta.iteration, meta.g_lr, meta.d_lr
         );
-        out += &format!(
-            "G: conv_dim {} c_dim {} repeat_num {} - {} parameters\n",
-            meta.g.conv_dim,
-            meta.g.c_dim,
-            meta.g.repeat_num,
-            count(&g, false)
-        );
-        out += &format!(
-            "D: image_size {} conv_dim {} c_dim {} repeat_num {} - {} parameters\n",
-            meta.d.image_size,
-            meta.d.conv_dim,
-            meta.d.c_dim,
-            meta.d.repeat_num,
-            count(&d, false)
-        );
+        out += &format!("G: {}\n", describe_g(&meta.g, count(&g, false)));
+        out += &format!("D: {}\n", describe_d(&meta.d, count(&d, false)));
         for dom in &meta.layout.domains {
             out += &format!("labels ({}, {:?}): {}\n", dom.name, dom.kind, dom.labels.join(", "));
         }
@@ -309,28 +296,26 @@ pub fn info(args: &InfoArgs) -> Result<String> {
     }
     if file.tensors.contains_key("conv2.weight") {
         let d = infer_discriminator(&file.tensors, path)?;
-        out += &format!(
-            "discriminator: image_size {} conv_dim {} c_dim {} repeat_num {} - {} parameters\n",
-            d.image_size,
-            d.conv_dim,
-            d.c_dim,
-            d.repeat_num,
-            count(&file.tensors, false)
-        );
+        out += &format!("discriminator: {}\n", describe_d(&d, count(&file.tensors, false)));
     } else {
         let g = infer_generator(&file.tensors, path)?;
-        out += &format!(
-            "generator: conv_dim {} c_dim {} repeat_num {} - {} parameters\n",
-            g.conv_dim,
-            g.c_dim,
-            g.repeat_num,
-            count(&file.tensors, false)
-        );
+        out += &format!("generator: {}\n", describe_g(&g, count(&file.tensors, false)));
         if !file.tensors.keys().any(|k| k.ends_with("num_batches_tracked")) {
             out += "(no num_batches_tracked buffers: written by PyTorch 0.3/0.4)\n";
         }
     }
     Ok(out)
+}
+
+fn describe_g(g: &crate::model::GeneratorConfig, parameters: i64) -> String {
+    format!("conv_dim {} c_dim {} repeat_num {} - {parameters} parameters", g.conv_dim, g.c_dim, g.repeat_num)
+}
+
+fn describe_d(d: &crate::model::DiscriminatorConfig, parameters: i64) -> String {
+    format!(
+        "image_size {} conv_dim {} c_dim {} repeat_num {} - {parameters} parameters",
+        d.image_size, d.conv_dim, d.c_dim, d.repeat_num
+    )
 }
 
 #[derive(Debug, clap::Args)]
