@@ -88,6 +88,8 @@ pub fn sources(cfg: &TrainConfig, part: Part) -> Result<(Vec<Arc<dyn Source>>, L
                 )
             })?;
             let crop = cfg.crop_size.unwrap_or(0);
+            // An attribute file the user named makes the folder multi-label; the reference's default
+            // CelebA path (which every config carries) does not, even if it happens to exist.
             if cfg.attr_path.exists() && cfg.attr_path != TrainConfig::default().attr_path {
                 vec![celeba_source(cfg, &cfg.attr_path, dir, nonzero_crop(crop, dir)?, part, false)?]
             } else {
