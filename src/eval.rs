@@ -611,15 +611,6 @@ pub fn training_meta(path: &Path) -> Result<Option<native::Meta>> {
     Ok(native::meta_of(&file, path)?)
 }
 
-fn describe(layout: &LabelLayout) -> String {
-    layout
-        .domains
-        .iter()
-        .map(|d| format!("{} [{}]", d.name, d.labels.join(", ")))
-        .collect::<Vec<_>>()
-        .join(" + ")
-}
-
 /// Evaluate a generator; writes `eval.json`, `report.md` and the grids into `opts.out`.
 pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
     let t0 = Instant::now();
@@ -642,8 +633,8 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
         Some(m) if m.layout != layout => {
             return Err(Error::Config(format!(
                 "{ck} was trained on {}, but the data has {}",
-                describe(&m.layout),
-                describe(&layout)
+                m.layout.describe(),
+                layout.describe()
             )))
         }
         Some(_) => {}
@@ -651,7 +642,7 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
             return Err(Error::Config(format!(
                 "{ck} takes {} labels but the data ({}) has {}; give the data flags it was trained with",
                 loaded.g.config.c_dim,
-                describe(&layout),
+                layout.describe(),
                 layout.g_dim()
             )))
         }

@@ -47,6 +47,13 @@ impl LabelLayout {
         Self { domains: vec![domain] }
     }
 
+    /// One line naming every dataset and its labels, for messages: `CelebA [Black_Hair, ...] + RaFD [...]`.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> =
+            self.domains.iter().map(|d| format!("{} [{}]", d.name, d.labels.join(", "))).collect();
+        parts.join(" + ")
+    }
+
     pub fn uses_mask(&self) -> bool {
         self.domains.len() > 1
     }

@@ -118,8 +118,8 @@ pub fn restore(loaded: &Loaded, model: &mut StarGan, path: &Path) -> Result<(), 
     if loaded.meta.layout != model.layout {
         return Err(invalid(format!(
             "its labels ({}) differ from this run's ({})",
-            describe(&loaded.meta.layout),
-            describe(&model.layout)
+            loaded.meta.layout.describe(),
+            model.layout.describe()
         )));
     }
     model.g.weights.load(&loaded.generator()).map_err(|e| invalid(e.to_string()))?;
@@ -130,13 +130,4 @@ pub fn restore(loaded: &Loaded, model: &mut StarGan, path: &Path) -> Result<(), 
     model.d_opt.load_state(loaded.meta.d_adam_step, get("D_opt.")).map_err(invalid)?;
     model.set_lr(loaded.meta.g_lr, loaded.meta.d_lr);
     Ok(())
-}
-
-fn describe(layout: &LabelLayout) -> String {
-    layout
-        .domains
-        .iter()
-        .map(|d| format!("{}: {}", d.name, d.labels.join(",")))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
