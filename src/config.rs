@@ -205,6 +205,10 @@ impl TrainConfig {
             batch_size: 16,
             // ~0.14 s per iteration on 2 cores: about 12 minutes.
             num_iters: 5000,
+            // Twice the reference's weight: at this short budget it keeps the content (measured
+            // with `stargan eval` at 5000 iterations: PSNR 16.2 vs 15.1 dB, target accuracy 99.2%
+            // vs 92.2%).
+            lambda_rec: 20.0,
             num_iters_decay: 1500,
             n_critic: 5,
             g_lr: 2e-4,
