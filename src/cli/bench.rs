@@ -2,12 +2,14 @@
 //! `--reference PYTHON`, the PyTorch reference (`bench/reference.py`) on the same work, interleaved
 //! round by round (ours, theirs, ours, theirs ...) so that drift in the machine's speed hits both.
 
+use crate::config::TrainConfig;
 use crate::data::source::Source;
 use crate::data::transform::Pipeline;
 use crate::error::{Error, Result};
 use crate::labels::{celeba_domain, LabelLayout, DEFAULT_CELEBA_ATTRS};
-use crate::model::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, NormStats};
-use crate::train::{Batch, Lambdas, StarGan, StepMode};
+use crate::model::NormStats;
+use crate::train::run::build_model;
+use crate::train::{Batch, StarGan, StepMode};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -103,25 +105,19 @@ fn sync(device: Device) {
 }
 
 fn model(args: &BenchArgs, device: Device) -> StarGan {
-    tch::manual_seed(1234);
     let attrs: Vec<String> = (0..args.c_dim)
         .map(|i| DEFAULT_CELEBA_ATTRS.get(i as usize).map_or(format!("attr{i}"), |s| s.to_string()))
         .collect();
-    let layout = LabelLayout::single(celeba_domain(&attrs));
-    let g = Generator::new(
-        GeneratorConfig { conv_dim: args.g_conv_dim, c_dim: args.c_dim, repeat_num: args.g_repeat_num },
-        device,
-    );
-    let d = Discriminator::new(
-        DiscriminatorConfig {
-            image_size: args.image_size,
-            conv_dim: args.d_conv_dim,
-            c_dim: args.c_dim,
-            repeat_num: args.d_repeat_num,
-        },
-        device,
-    );
-    StarGan::new(g, d, layout, Lambdas::default(), (1e-4, 1e-4), (0.5, 0.999))
+    let cfg = TrainConfig {
+        image_size: args.image_size,
+        g_conv_dim: args.g_conv_dim,
+        d_conv_dim: args.d_conv_dim,
+        g_repeat_num: args.g_repeat_num,
+        d_repeat_num: args.d_repeat_num,
+        seed: 1234,
+        ..TrainConfig::default()
+    };
+    build_model(&cfg, LabelLayout::single(celeba_domain(&attrs)), device)
 }
 
 fn batch(args: &BenchArgs, device: Device) -> Batch {

@@ -8,7 +8,7 @@ use crate::data::build::{sources, Part};
 use crate::data::source::Loader;
 use crate::error::{Error, Result};
 use crate::image_io;
-use crate::model::{Generator, NormStats};
+use crate::model::NormStats;
 use crate::train::run::labels_tensor;
 use std::path::PathBuf;
 use tch::Tensor;
@@ -28,36 +28,28 @@ pub fn test(cfg: &TrainConfig) -> Result<usize> {
     let path = native::path_for(&cfg.model_save_dir, iteration);
     let ref_path = cfg.model_save_dir.join(format!("{iteration}-G.ckpt"));
     let (srcs, layout) = sources(cfg, Part::Test)?;
-    let g = if path.exists() {
-        let loaded = native::load(&path)?;
-        if loaded.meta.layout != layout {
-            return Err(Error::Config(format!(
-                "{} was trained on other labels than this data set has",
-                path.display()
-            )));
-        }
-        let g = Generator::new(loaded.meta.g, device);
-        g.weights
-            .load(&loaded.generator())
-            .map_err(|source| Error::Weights { path: path.clone(), source })?;
-        g
+    let g_path = if path.exists() {
+        path
     } else if ref_path.exists() {
-        let loaded = crate::cli::translate::load_generator(&ref_path, None, device)?;
-        if loaded.g.config.c_dim != layout.g_dim() {
-            return Err(Error::Config(format!(
-                "{} takes {} labels but this data set has {}",
-                ref_path.display(),
-                loaded.g.config.c_dim,
-                layout.g_dim()
-            )));
-        }
-        loaded.g
+        ref_path
     } else {
         return Err(Error::Config(format!(
             "no checkpoint for iteration {iteration} in {}",
             cfg.model_save_dir.display()
         )));
     };
+    // A training checkpoint knows its labels; a reference G only how many it takes.
+    let attrs = layout.domains.iter().flat_map(|d| d.labels.clone()).collect::<Vec<_>>();
+    let loaded = crate::cli::translate::load_generator(&g_path, None, device)?;
+    if (loaded.labels_known && loaded.layout != layout) || loaded.g.config.c_dim != layout.g_dim() {
+        return Err(Error::Config(format!(
+            "{} was trained on other labels than this data set has ({} labels: {})",
+            g_path.display(),
+            layout.g_dim(),
+            attrs.join(", ")
+        )));
+    }
+    let g = loaded.g;
     let loader = Loader::new(srcs, cfg.batch_size, cfg.seed, false)?;
     let names = layout.test_target_names();
     let result_dir = &cfg.result_dir;

@@ -46,6 +46,8 @@ pub enum NormChoice {
 pub struct LoadedG {
     pub g: Generator,
     pub layout: LabelLayout,
+    /// Whether `layout` comes from the checkpoint (training checkpoints) or was assumed (reference files).
+    pub labels_known: bool,
     pub image_size: Option<i64>,
     /// D, when the checkpoint has it or a `{step}-D.ckpt` sits beside a reference G.
     pub d: Option<Discriminator>,
@@ -63,7 +65,13 @@ pub fn load_generator(path: &Path, attrs: Option<&[String]>, device: Device) -> 
         g.weights.load(&checkpoint::strip_prefix(&file.tensors, "G.")).map_err(weights_err(path))?;
         let d = Discriminator::new(meta.d, device);
         d.weights.load(&checkpoint::strip_prefix(&file.tensors, "D.")).map_err(weights_err(path))?;
-        return Ok(LoadedG { g, layout: meta.layout, image_size: Some(meta.d.image_size), d: Some(d) });
+        return Ok(LoadedG {
+            g,
+            layout: meta.layout,
+            labels_known: true,
+            image_size: Some(meta.d.image_size),
+            d: Some(d),
+        });
     }
     let cfg = infer_generator(&file.tensors, path)?;
     let g = Generator::new(cfg, device);
@@ -89,7 +97,7 @@ pub fn load_generator(path: &Path, attrs: Option<&[String]>, device: Device) -> 
         None => None,
     };
     let image_size = d.as_ref().map(|d| d.config.image_size);
-    Ok(LoadedG { g, layout, image_size, d })
+    Ok(LoadedG { g, layout, labels_known: false, image_size, d })
 }
 
 /// `200000-G.ckpt` → `200000-D.ckpt` in the same folder, if it exists.
