@@ -1,8 +1,27 @@
 // torch-sys links against libtorch but leaves finding it at run time to the user; bake the folder
-// into the binaries' rpath so nothing has to be exported.
+// into the binaries' rpath so nothing has to be exported. Also compile csrc/autocast.cpp, the
+// per-device autocast switch tch does not expose, against the same libtorch's headers.
+use std::path::PathBuf;
+
 fn main() {
-    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-    }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    let lib = PathBuf::from(
+        std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report where libtorch is"),
+    );
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // torch-sys reports `<libtorch>/lib` (or `site-packages/torch/lib`); the headers sit beside it.
+    let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/autocast.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false)
+        .compile("stargan_autocast");
 }

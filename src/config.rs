@@ -99,6 +99,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `fast` (default) or `reference` (the authors' operation order, bit-identical).
     pub step_mode: crate::train::StepMode,
+    /// `fp32` (default) or `bf16` (autocast: convolutions in bf16, weights and optimiser in fp32).
+    pub precision: crate::precision::Precision,
 
     // Test configuration.
     pub test_iters: Option<u64>,
@@ -165,6 +167,7 @@ impl Default for TrainConfig {
             lr_decay: LrDecay::Linear,
             seed: 0,
             step_mode: crate::train::StepMode::Fast,
+            precision: crate::precision::Precision::Fp32,
             test_iters: None,
             resume_iters: None,
             num_workers: 1,

@@ -733,8 +733,8 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
                 for (t, c) in layout.test_targets(k, &label).iter().enumerate() {
                     let (j, i) = target_of[t];
                     let dj = &layout.domains[j];
-                    let y = g.forward_with(&x, c, NormStats::PerImageFrozen);
-                    let rec = g.forward_with(&y, &c_org, NormStats::PerImageFrozen);
+                    let y = g.translate(&x, c, NormStats::PerImageFrozen, cfg.precision);
+                    let rec = g.translate(&y, &c_org, NormStats::PerImageFrozen, cfg.precision);
                     let f = clf.features(&y, false);
                     let pred = clf.predict(j, &clf.logits(j, &f));
                     fake.push(f.to_device(Device::Cpu));

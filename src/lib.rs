@@ -12,6 +12,7 @@ pub mod labels;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod precision;
 pub mod rng;
 pub mod tensorboard;
 pub mod train;

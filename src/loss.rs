@@ -21,8 +21,11 @@ pub fn gradient_penalty(d: &Discriminator, x_real: &Tensor, x_fake: &Tensor, alp
     let alpha = alpha.view([n, 1, 1, 1]);
     let x_hat = (&alpha * x_real.detach() + (-&alpha + 1.0) * x_fake.detach()).set_requires_grad(true);
     let (out_src, _) = d.forward(&x_hat);
-    // The engine seeds a non-scalar root with ones, like the reference's grad_outputs=ones.
-    let grad = Tensor::run_backward(&[&out_src], &[&x_hat], true, true).remove(0);
+    // The engine seeds a non-scalar root with ones, like the reference's grad_outputs=ones. A
+    // backward pass runs outside autocast (torch.amp's advice; the reference's bf16 recipe too):
+    // its ops replay the forward's dtypes from the saved tensors.
+    let grad =
+        crate::precision::suspended(|| Tensor::run_backward(&[&out_src], &[&x_hat], true, true)).remove(0);
     let norm = grad.view([n, -1]).pow_tensor_scalar(2).sum_dim_intlist(1, false, Kind::Float).sqrt();
     (norm - 1.0).pow_tensor_scalar(2).mean(Kind::Float)
 }

@@ -98,3 +98,38 @@ fn forward_shapes_and_running_statistics() {
     assert_eq!(src.size(), [2, 1, 1, 1]);
     assert_eq!(cls.size(), [2, 5]);
 }
+
+#[test]
+fn bf16_autocast_runs_convolutions_in_bf16_and_restores_the_state() {
+    use stargan::model::NormStats;
+    use stargan::precision::{is_active, suspended, Precision};
+    let g = Generator::new(GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 1 }, Device::Cpu);
+    let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+    let c = Tensor::ones([2, 5], (Kind::Float, Device::Cpu));
+    let w = g.weights.get("main.0.weight").unwrap();
+    let xc = Tensor::rand([2, 8, 16, 16], (Kind::Float, Device::Cpu)); // image + label channels
+
+    assert!(!is_active(Device::Cpu));
+    let (inside, during_backward) = Precision::Bf16.autocast(Device::Cpu, || {
+        let y = xc.conv2d(w, None::<Tensor>, [1], [3], [1], 1);
+        (
+            y.kind(),
+            suspended(|| (is_active(Device::Cpu), xc.conv2d(w, None::<Tensor>, [1], [3], [1], 1).kind())),
+        )
+    });
+    assert_eq!(inside, Kind::BFloat16, "a convolution under bf16 autocast runs in bf16");
+    assert_eq!(during_backward, (false, Kind::Float), "suspended() turns autocast off");
+    assert!(!is_active(Device::Cpu), "leaving the region restores the state");
+    assert_eq!(
+        Precision::Fp32.autocast(Device::Cpu, || xc.conv2d(w, None::<Tensor>, [1], [3], [1], 1).kind()),
+        Kind::Float
+    );
+
+    // Inference in bf16: fp32 out, close to fp32 inference, not equal to it.
+    let f32_out = g.translate(&x, &c, NormStats::PerImageFrozen, Precision::Fp32);
+    let bf16_out = g.translate(&x, &c, NormStats::PerImageFrozen, Precision::Bf16);
+    assert_eq!(bf16_out.kind(), Kind::Float);
+    let diff = (&f32_out - &bf16_out).abs().max().double_value(&[]);
+    assert!(diff > 0.0 && diff < 0.1, "bf16 translation differs from fp32 by {diff}");
+    assert_eq!(w.kind(), Kind::Float, "weights stay fp32");
+}

@@ -283,6 +283,70 @@ fn run_scenario(dir: &Path) {
         println!("parity {name}: {what:<26} max error {err:.3e}");
     }
     check_fast_mode(dir, &e, &t);
+    check_bf16(dir, &e, &t);
+}
+
+/// bf16 against PyTorch's own autocast on the same step (tests/fixtures/bf16, made by
+/// make_fixture.py there): relative to each tensor's largest magnitude. Same-machine runs agree to
+/// fp32 rounding; the bound leaves room for bf16 rounding flips on another CPU.
+const BF16_TOL: f64 = 1e-2;
+
+/// The bf16 step (autocast over forward passes and losses; fp32 weights, gradients and Adam)
+/// computes what PyTorch's autocast computes: first-batch D and G losses and gradients against
+/// tests/fixtures/bf16. Also printed: how far bf16 lands from the fp32 fixture, the price of bf16.
+fn check_bf16(dir: &Path, e: &Expected, t: &HashMap<String, Tensor>) {
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/bf16/{name}.safetensors"));
+    let want: HashMap<String, Tensor> = Tensor::read_safetensors(&fixture)
+        .unwrap_or_else(|err| panic!("{}: {err}", fixture.display()))
+        .into_iter()
+        .collect();
+    let (_, keys) = layout(e);
+    let mut model = build(dir, e);
+    model.precision = stargan::precision::Precision::Bf16;
+    let b = batch(t, &format!("it0_{}", keys[0]), 0, &model.layout);
+    let (dl, dgrads) = model.d_gradients(&b);
+    let (gl, ggrads) = model.g_gradients(&b);
+    let losses = [
+        ("d_loss.real", &dl.real),
+        ("d_loss.fake", &dl.fake),
+        ("d_loss.cls", &dl.cls),
+        ("d_loss.gp", &dl.gp),
+        ("d_loss.total", &dl.total),
+        ("g_loss.fake", &gl.fake),
+        ("g_loss.rec", &gl.rec),
+        ("g_loss.cls", &gl.cls),
+        ("g_loss.total", &gl.total),
+    ];
+    let mut loss_err: f64 = 0.0;
+    for (key, actual) in losses {
+        let x = value(&want[key]);
+        let err = (value(actual) - x).abs() / x.abs().max(1e-12);
+        assert!(err <= BF16_TOL, "{name} bf16 {key}: {} vs PyTorch {x} (relative {err:.3e})", value(actual));
+        loss_err = loss_err.max(err);
+    }
+    let (mut grad_err, mut vs_fp32): (f64, f64) = (0.0, 0.0);
+    for (prefix, net, grads) in [("dgrad", &model.d.weights, &dgrads), ("ggrad", &model.g.weights, &ggrads)] {
+        for (pname, grad) in net.parameter_names().iter().zip(grads.iter()) {
+            assert_eq!(grad.kind(), Kind::Float, "{name}: gradients of fp32 weights stay fp32 in bf16");
+            let what = format!("{name} bf16 {prefix} {pname}");
+            grad_err =
+                grad_err.max(assert_close_rel(&what, grad, &want[&format!("{prefix}.{pname}")], BF16_TOL));
+            if let Some(fp32) = t.get(&format!("{prefix}.{pname}")) {
+                let scale = value(&fp32.abs().max()).max(1e-30);
+                vs_fp32 = vs_fp32.max(max_abs_diff(grad, fp32) / scale);
+            }
+        }
+    }
+    // bf16 must really have run: fp32 would land on the fp32 fixture to ~1e-6.
+    assert!(
+        vs_fp32 > 1e-4,
+        "{name}: bf16 gradients equal the fp32 ones ({vs_fp32:.1e}): autocast did not run"
+    );
+    println!("parity {name}: {:<26} max error {loss_err:.3e}", "bf16 losses vs PyTorch");
+    println!("parity {name}: {:<26} max error {grad_err:.3e}", "bf16 grads vs PyTorch");
+    println!("parity {name}: {:<26} max error {vs_fp32:.3e}", "bf16 grads vs fp32");
 }
 
 /// The fast step (one shared G(x, c_trg) per G iteration, one D pass over real and fake) computes

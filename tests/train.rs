@@ -154,6 +154,30 @@ fn trains_and_tests_on_every_layout() {
 }
 
 #[test]
+fn bf16_training_keeps_fp32_state_and_tests_in_bf16() {
+    let dir = scratch("bf16");
+    let base = tiny(&dir, 2);
+    let stdout = ok(run(&[&["train"][..], &args(&base, &["--precision", "bf16"])].concat()));
+    assert!(stdout.contains("Iteration [2/2]"), "{stdout}");
+    let config = std::fs::read_to_string(dir.join("models/config.toml")).unwrap();
+    assert!(config.contains("precision = \"bf16\""), "{config}");
+    let ck = native::load(&native::path_for(&dir.join("models"), 2)).unwrap();
+    assert_eq!(ck.meta.config.precision, stargan::precision::Precision::Bf16);
+    let file = read_tensors(&native::path_for(&dir.join("models"), 2)).unwrap();
+    for (name, t) in &file.tensors {
+        if t.kind() == tch::Kind::Int64 {
+            continue; // num_batches_tracked, Adam's step
+        }
+        assert_eq!(t.kind(), tch::Kind::Float, "{name}: weights and Adam moments stay fp32");
+        assert!(t.isfinite().all().int64_value(&[]) == 1, "{name} is not finite");
+    }
+    // `stargan test` translates in the training run's precision.
+    let flags = args(&base, &["--precision", "bf16"]);
+    ok(run(&[&["test"][..], &flags].concat()));
+    assert!(dir.join("results/1-images.png").is_file());
+}
+
+#[test]
 fn resuming_is_bit_identical_to_training_straight_through() {
     tch::set_num_threads(1);
     let k = 3;

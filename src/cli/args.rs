@@ -100,6 +100,11 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_mode: Option<crate::train::StepMode>,
+    /// `fp32`, or `bf16` through autocast (convolutions in bf16 on bf16 copies of the weights;
+    /// weights, gradients and Adam stay fp32), as torch.autocast does for the reference.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::precision::Precision>,
     /// Seed of every random choice (initialisation, batches, flips, targets).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -8,6 +8,7 @@ use crate::data::transform::Pipeline;
 use crate::error::{Error, Result};
 use crate::labels::{celeba_domain, LabelLayout, DEFAULT_CELEBA_ATTRS};
 use crate::model::NormStats;
+use crate::precision::Precision;
 use crate::train::run::build_model;
 use crate::train::{Batch, StarGan, StepMode};
 use rayon::prelude::*;
@@ -41,6 +42,9 @@ pub struct BenchArgs {
     pub device: crate::config::DeviceChoice,
     #[arg(long, value_enum, default_value = "fast")]
     pub step_mode: StepMode,
+    /// fp32, or bf16 autocast on both sides.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     #[arg(long, default_value_t = 3)]
@@ -115,6 +119,7 @@ fn model(args: &BenchArgs, device: Device) -> StarGan {
         g_repeat_num: args.g_repeat_num,
         d_repeat_num: args.d_repeat_num,
         seed: 1234,
+        precision: args.precision,
         ..TrainConfig::default()
     };
     build_model(&cfg, LabelLayout::single(celeba_domain(&attrs)), device)
@@ -174,11 +179,9 @@ fn ours(what: &str, args: &BenchArgs, device: Device, images: &[PathBuf]) -> Res
             let targets = m.layout.test_targets(0, &b.label);
             time(args.warmup, args.iters, 1, device, || {
                 let mut cols = vec![b.x.shallow_clone()];
-                tch::no_grad(|| {
-                    for c in &targets {
-                        cols.push(m.g.forward_with(&b.x, c, NormStats::PerImageFrozen));
-                    }
-                });
+                for c in &targets {
+                    cols.push(m.g.translate(&b.x, c, NormStats::PerImageFrozen, args.precision));
+                }
                 let grid = crate::image_io::grid(&cols);
                 let _ = crate::image_io::quantize(&grid);
             })
@@ -274,6 +277,7 @@ fn reference_json(
         ])
         .args(["--c-dim", &args.c_dim.to_string(), "--n-critic", &args.n_critic.to_string()])
         .args(["--threads", &threads.to_string(), "--device", device])
+        .args(["--precision", &args.precision.to_string()])
         .args(extra)
         .output()
         .map_err(|source| Error::Read { path: python.to_path_buf(), source })?;
@@ -355,9 +359,9 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
     let image_dir = images.first().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
     let mut all = Vec::new();
     let mut report = format!(
-        "config: {} px, batch {}, G conv {} x{} res, D conv {} x{}, c_dim {}, n_critic {}, {} threads, {:?}, step {:?}\n",
+        "config: {} px, batch {}, G conv {} x{} res, D conv {} x{}, c_dim {}, n_critic {}, {} threads, {:?}, step {:?}, {}\n",
         args.image_size, args.batch_size, args.g_conv_dim, args.g_repeat_num, args.d_conv_dim, args.d_repeat_num,
-        args.c_dim, args.n_critic, threads, device, args.step_mode
+        args.c_dim, args.n_critic, threads, device, args.step_mode, args.precision
     );
     let (flops, sgemm) = match &args.reference {
         Some(py) if args.device.resolve() == Device::Cpu => flops_and_peak(py, args, threads)?,
@@ -421,7 +425,9 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
     }
     if let Some(peak) = theoretical_peak_gflops(threads) {
         report += &format!("fp32 peak of {threads} core(s): {peak:.0} GFLOP/s theoretical");
-        report += &sgemm.map_or(String::new(), |g| format!(", {g:.0} GFLOP/s measured (2048² sgemm)"));
+        report += &sgemm.map_or(String::new(), |g| {
+            format!(", {g:.0} GFLOP/s measured (2048² {} matmul)", args.precision)
+        });
         report += "\n";
     }
     if let Some(path) = &args.json {

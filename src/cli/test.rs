@@ -66,7 +66,7 @@ pub fn test(cfg: &TrainConfig) -> Result<usize> {
             let targets = layout.test_targets(k, &label);
             let mut columns = vec![x.shallow_clone()];
             for (t, c) in targets.iter().enumerate() {
-                let y = tch::no_grad(|| g.forward_with(&x, c, NormStats::PerImageFrozen));
+                let y = g.translate(&x, c, NormStats::PerImageFrozen, cfg.precision);
                 for (j, &i) in hb.indices.iter().enumerate() {
                     let stem = loader.sources()[k].name(i).replace(['/', '\\'], "_");
                     let stem = stem.rsplit_once('.').map_or(stem.as_str(), |(a, _)| a).to_string();

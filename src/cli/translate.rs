@@ -34,6 +34,9 @@ pub struct TranslateArgs {
     /// Instance-norm statistics: per image (the reference's test mode) or the tracked running averages.
     #[arg(long, value_enum, default_value = "per-image")]
     pub norm: NormChoice,
+    /// `bf16` runs G's convolutions in bf16 (autocast); the output is written from fp32 either way.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: crate::precision::Precision,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -248,7 +251,7 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
     for (path, x) in inputs.iter().zip(images) {
         let x = x.to_device(device);
         let c = target_for(&loaded, args, &x)?.to_device(device);
-        let y = tch::no_grad(|| loaded.g.forward_with(&x, &c, stats));
+        let y = loaded.g.translate(&x, &c, stats, args.precision);
         let out = if to_folder {
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             args.output.join(format!("{stem}.png"))

@@ -3,6 +3,7 @@
 //! Conv7 → tanh, with instance norm + ReLU after every convolution but the last. No biases.
 
 use super::{conv_weight, InstanceNorm, NormStats, Weights};
+use crate::precision::Precision;
 use tch::{Device, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -128,6 +129,12 @@ impl Generator {
     /// reference computes it in training and in its test routine.
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Tensor {
         self.forward_with(x, c, NormStats::PerImage)
+    }
+
+    /// G(x, c) for inference: no graph, in `precision`, returned as fp32.
+    pub fn translate(&self, x: &Tensor, c: &Tensor, stats: NormStats, precision: Precision) -> Tensor {
+        tch::no_grad(|| precision.autocast(x.device(), || self.forward_with(x, c, stats)))
+            .to_kind(tch::Kind::Float)
     }
 
     pub fn forward_with(&self, x: &Tensor, c: &Tensor, stats: NormStats) -> Tensor {

@@ -51,7 +51,9 @@ pub fn build_model(cfg: &TrainConfig, layout: LabelLayout, device: Device) -> St
         device,
     );
     let lambdas = Lambdas { cls: cfg.lambda_cls, rec: cfg.lambda_rec, gp: cfg.lambda_gp };
-    StarGan::new(g, d, layout, lambdas, (cfg.g_lr, cfg.d_lr), (cfg.beta1, cfg.beta2))
+    let mut model = StarGan::new(g, d, layout, lambdas, (cfg.g_lr, cfg.d_lr), (cfg.beta1, cfg.beta2));
+    model.precision = cfg.precision;
+    model
 }
 
 /// Host batch → device tensors, with the iteration's target permutation and penalty weights.

@@ -7,6 +7,7 @@ use crate::labels::LabelLayout;
 use crate::loss;
 use crate::model::{Discriminator, Generator, NormStats};
 use crate::optim::Adam;
+use crate::precision::Precision;
 use tch::Tensor;
 
 /// Loss weights λ_cls, λ_rec, λ_gp.
@@ -90,6 +91,9 @@ pub struct StarGan {
     pub lambdas: Lambdas,
     pub g_opt: Adam,
     pub d_opt: Adam,
+    /// Forward passes and losses run under this precision's autocast; backward passes and the
+    /// optimisers do not (the reference's bf16 recipe, bench/reference.py).
+    pub precision: Precision,
 }
 
 fn gradients(loss: &Tensor, params: &[Tensor]) -> Vec<Tensor> {
@@ -107,18 +111,31 @@ impl StarGan {
     ) -> Self {
         let g_opt = Adam::new(&g.weights.parameters(), lr.0, betas.0, betas.1);
         let d_opt = Adam::new(&d.weights.parameters(), lr.1, betas.0, betas.1);
-        Self { g, d, layout, lambdas, g_opt, d_opt }
+        Self { g, d, layout, lambdas, g_opt, d_opt, precision: Precision::Fp32 }
     }
 
     /// L_D = L_adv(real) + L_adv(fake) + λ_cls·L_cls(real, c_org) + λ_gp·GP.
     pub fn d_loss(&self, b: &Batch) -> DLosses {
         let c_trg = self.layout.condition(b.domain, &b.label_trg());
-        let x_fake = self.g.forward(&b.x, &c_trg).detach();
-        self.d_loss_on(b, &x_fake, false)
+        // One autocast region per loss, as in the reference's `with torch.autocast(...)`: within
+        // it each weight is cast to bf16 once, so its uses share one cast (and one bf16 gradient).
+        self.autocast(b, || {
+            let x_fake = self.g.forward(&b.x, &c_trg).detach();
+            self.d_loss_terms(b, &x_fake, false)
+        })
+    }
+
+    /// Runs `f` under the precision's autocast on the batch's device.
+    fn autocast<T>(&self, b: &Batch, f: impl FnOnce() -> T) -> T {
+        self.precision.autocast(b.x.device(), f)
     }
 
     /// L_D with G(x, c_trg) already computed.
     fn d_loss_on(&self, b: &Batch, x_fake: &Tensor, fused: bool) -> DLosses {
+        self.autocast(b, || self.d_loss_terms(b, x_fake, fused))
+    }
+
+    fn d_loss_terms(&self, b: &Batch, x_fake: &Tensor, fused: bool) -> DLosses {
         let kind = self.layout.domains[b.domain].kind;
         let x_fake = x_fake.detach();
         let (real_src, real_cls, fake_src) = if fused {
@@ -143,12 +160,18 @@ impl StarGan {
     /// L_G = −L_adv(fake) + λ_rec·L_rec + λ_cls·L_cls(fake, c_trg).
     pub fn g_loss(&self, b: &Batch) -> GLosses {
         let c_trg = self.layout.condition(b.domain, &b.label_trg());
-        let x_fake = self.g.forward(&b.x, &c_trg);
-        self.g_loss_on(b, &x_fake)
+        self.autocast(b, || {
+            let x_fake = self.g.forward(&b.x, &c_trg);
+            self.g_loss_terms(b, &x_fake)
+        })
     }
 
     /// L_G with G(x, c_trg) already computed (with its graph).
     fn g_loss_on(&self, b: &Batch, x_fake: &Tensor) -> GLosses {
+        self.autocast(b, || self.g_loss_terms(b, x_fake))
+    }
+
+    fn g_loss_terms(&self, b: &Batch, x_fake: &Tensor) -> GLosses {
         let kind = self.layout.domains[b.domain].kind;
         let label_trg = b.label_trg();
         let c_org = self.layout.condition(b.domain, &b.label);
@@ -197,11 +220,13 @@ impl StarGan {
             return (d, with_g.then(|| self.g_step(b)));
         }
         let c_trg = self.layout.condition(b.domain, &b.label_trg());
-        let x_fake = if with_g {
-            self.g.forward_with(&b.x, &c_trg, NormStats::PerImageTwice)
-        } else {
-            tch::no_grad(|| self.g.forward(&b.x, &c_trg))
-        };
+        let x_fake = self.autocast(b, || {
+            if with_g {
+                self.g.forward_with(&b.x, &c_trg, NormStats::PerImageTwice)
+            } else {
+                tch::no_grad(|| self.g.forward(&b.x, &c_trg))
+            }
+        });
         let d = self.d_loss_on(b, &x_fake, true);
         let grads = gradients(&d.total, &self.d.weights.parameters());
         self.d_opt.step(&self.d.weights.parameters(), &grads);
