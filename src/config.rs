@@ -57,12 +57,25 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    pub fn resolve(self) -> tch::Device {
-        match self {
+    /// The device to run on. On CUDA, cuDNN autotuning is turned on, as the reference's `main.py`
+    /// does (`cudnn.benchmark = True`): StarGAN's shapes are fixed, so the search pays once.
+    pub fn resolve(self) -> crate::error::Result<tch::Device> {
+        let device = match self {
             DeviceChoice::Cpu => tch::Device::Cpu,
+            DeviceChoice::Cuda if !tch::Cuda::is_available() => {
+                return Err(crate::error::Error::Config(
+                    "--device cuda: no CUDA device is available (no GPU, or a CPU-only libtorch: \
+                     scripts/setup.sh --cuda assembles a CUDA one)"
+                        .into(),
+                ))
+            }
             DeviceChoice::Cuda => tch::Device::Cuda(0),
             DeviceChoice::Auto => tch::Device::cuda_if_available(),
+        };
+        if device.is_cuda() {
+            tch::Cuda::cudnn_set_benchmark(true);
         }
+        Ok(device)
     }
 }
 

@@ -89,17 +89,17 @@ pub struct EvalOptions {
 impl EvalOptions {
     /// The defaults: 512 images, a 1,500-iteration judge cached beside the checkpoints, results in
     /// `<result_dir>/eval`.
-    pub fn new(checkpoint: impl Into<PathBuf>, data: TrainConfig) -> Self {
-        Self {
+    pub fn new(checkpoint: impl Into<PathBuf>, data: TrainConfig) -> Result<Self> {
+        Ok(Self {
             checkpoint: checkpoint.into(),
             out: data.result_dir.join("eval"),
-            device: data.device.resolve(),
+            device: data.device.resolve()?,
             data,
             max_images: 512,
             classifier_iters: 1500,
             classifier: None,
             grid_rows: 8,
-        }
+        })
     }
 }
 

@@ -56,6 +56,67 @@ fn translate_matches_the_reference_within_one_level() {
     }
 }
 
+/// bf16 inference writes the same image to within a few levels (bf16 keeps 8 significant bits).
+#[test]
+fn translate_in_bf16_is_close_to_fp32() {
+    let ckpt = common::parity_root().join("celeba/0-G.ckpt");
+    let dir = scratch("translate-bf16");
+    let input = fixture("square32.png");
+    let mut images = Vec::new();
+    for precision in ["fp32", "bf16"] {
+        let out = dir.join(format!("{precision}.png"));
+        let res = stargan(&[
+            "translate",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--target",
+            "0,1,0,0,0",
+            "--output",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--precision",
+            precision,
+        ]);
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        images.push(rgb(&out));
+    }
+    let diffs: Vec<u8> =
+        images[0].as_raw().iter().zip(images[1].as_raw()).map(|(a, b)| a.abs_diff(*b)).collect();
+    let worst = *diffs.iter().max().unwrap();
+    let mean = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
+    println!("bf16 vs fp32 translation: max {worst} levels, mean {mean:.3}");
+    assert!(worst <= 8 && mean < 1.5, "bf16 differs from fp32 by up to {worst} levels (mean {mean:.2})");
+    assert!(worst > 0, "bf16 output equals fp32 bit for bit: autocast did not run");
+}
+
+#[test]
+fn cuda_without_a_gpu_is_one_clear_error() {
+    if tch::Cuda::is_available() {
+        return; // a machine with a GPU has nothing to refuse
+    }
+    let ckpt = common::parity_root().join("celeba/0-G.ckpt");
+    let out = scratch("no-cuda").join("out.png");
+    let input = fixture("square32.png");
+    let res = stargan(&[
+        "translate",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--target",
+        "0,1,0,0,0",
+        "--output",
+        out.to_str().unwrap(),
+        "--device",
+        "cuda",
+    ]);
+    assert_one_error_line(&res, "no CUDA device");
+    assert!(!out.exists());
+}
+
 #[test]
 fn translate_a_folder_by_attribute_name() {
     let ckpt = common::parity_root().join("celeba/0-G.ckpt");

@@ -33,7 +33,7 @@ fn train(cfg: &TrainConfig) -> PathBuf {
 }
 
 fn options(ckpt: &Path, cfg: &TrainConfig, out: &Path) -> EvalOptions {
-    let mut o = EvalOptions::new(ckpt, cfg.clone());
+    let mut o = EvalOptions::new(ckpt, cfg.clone()).unwrap();
     o.out = out.to_path_buf();
     o.max_images = 16;
     o.classifier_iters = 12;

@@ -264,7 +264,7 @@ fn reference_json(
     extra: &[&str],
 ) -> Result<Vec<serde_json::Value>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/reference.py");
-    let device = if matches!(args.device.resolve(), Device::Cuda(_)) { "cuda" } else { "cpu" };
+    let device = if matches!(args.device.resolve()?, Device::Cuda(_)) { "cuda" } else { "cpu" };
     let out = std::process::Command::new(python)
         .arg(&script)
         .args(["--image-size", &args.image_size.to_string(), "--batch-size", &args.batch_size.to_string()])
@@ -340,7 +340,7 @@ fn theoretical_peak_gflops(threads: usize) -> Option<f64> {
 
 /// Run the benchmark; returns the printed report.
 pub fn bench(args: &BenchArgs) -> Result<String> {
-    let device = args.device.resolve();
+    let device = args.device.resolve()?;
     let threads = if args.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -364,7 +364,7 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
         args.c_dim, args.n_critic, threads, device, args.step_mode, args.precision
     );
     let (flops, sgemm) = match &args.reference {
-        Some(py) if args.device.resolve() == Device::Cpu => flops_and_peak(py, args, threads)?,
+        Some(py) if device == Device::Cpu => flops_and_peak(py, args, threads)?,
         _ => (serde_json::Value::Null, None),
     };
     report += "what        ours ms (median)   reference ms   speed-up (median of rounds, min-max)   peak RSS MB ours/ref   GFLOP/s ours/ref\n";

@@ -73,7 +73,7 @@ pub fn options(args: &EvalArgs) -> Result<EvalOptions> {
             data.model_save_dir = if dir.as_os_str().is_empty() { ".".into() } else { dir.to_path_buf() };
         }
     }
-    let mut opts = EvalOptions::new(&args.checkpoint, data);
+    let mut opts = EvalOptions::new(&args.checkpoint, data)?;
     if let Some(out) = &args.out {
         opts.out = out.clone();
     }

@@ -24,7 +24,7 @@ pub fn test(cfg: &TrainConfig) -> Result<usize> {
             ))
         })?,
     };
-    let device = cfg.device.resolve();
+    let device = cfg.device.resolve()?;
     let path = native::path_for(&cfg.model_save_dir, iteration);
     let ref_path = cfg.model_save_dir.join(format!("{iteration}-G.ckpt"));
     let (srcs, layout) = sources(cfg, Part::Test)?;

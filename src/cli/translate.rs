@@ -236,7 +236,7 @@ fn inputs_of(input: &Path) -> Result<Vec<PathBuf>> {
 }
 
 pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
-    let device = args.device.resolve();
+    let device = args.device.resolve()?;
     let loaded = load_generator(&args.checkpoint, args.attrs.as_deref(), device)?;
     let size = loaded.image_size.unwrap_or(128) as u32;
     let inputs = inputs_of(&args.input)?;

@@ -208,7 +208,7 @@ fn elapsed(start: Instant) -> String {
 /// Train as configured. Returns how the run ended; errors are one-line, user-facing.
 pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     cfg.validate().map_err(Error::Config)?;
-    let device = cfg.device.resolve();
+    let device = cfg.device.resolve()?;
     let (srcs, layout) = sources(cfg, Part::Train)?;
     let loader = Arc::new(Loader::new(srcs, cfg.batch_size, cfg.seed, true)?);
     let mut model = build_model(cfg, layout.clone(), device);
