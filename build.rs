@@ -11,6 +11,12 @@ fn main() {
         std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report where libtorch is"),
     );
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // With a CUDA libtorch, nothing of ours calls into libtorch_cuda.so directly, so the linker's
+    // --as-needed drops it and the CUDA backend never registers ("Could not run ... from the
+    // 'CUDA' backend"; tch-rs#980). Keep it (and libtorch.so, which pulls in the rest) linked.
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,-ltorch,--as-needed");
+    }
     // torch-sys reports `<libtorch>/lib` (or `site-packages/torch/lib`); the headers sit beside it.
     let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
