@@ -57,29 +57,32 @@ fn translate_matches_the_reference_within_one_level() {
 }
 
 /// bf16 inference writes the same image to within a few levels (bf16 keeps 8 significant bits).
+/// `stargan translate` of the 32×32 fixture to Blond_Hair with the reference's celeba G, writing
+/// `out`, with `extra` flags.
+fn translate_square32(out: &Path, extra: &[&str]) -> Output {
+    let ckpt = common::parity_root().join("celeba/0-G.ckpt");
+    let input = fixture("square32.png");
+    let args = [
+        "translate",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--target",
+        "0,1,0,0,0",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    stargan(&[&args[..], extra].concat())
+}
+
 #[test]
 fn translate_in_bf16_is_close_to_fp32() {
-    let ckpt = common::parity_root().join("celeba/0-G.ckpt");
     let dir = scratch("translate-bf16");
-    let input = fixture("square32.png");
     let mut images = Vec::new();
     for precision in ["fp32", "bf16"] {
         let out = dir.join(format!("{precision}.png"));
-        let res = stargan(&[
-            "translate",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--target",
-            "0,1,0,0,0",
-            "--output",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--precision",
-            precision,
-        ]);
+        let res = translate_square32(&out, &["--device", "cpu", "--precision", precision]);
         assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
         images.push(rgb(&out));
     }
@@ -97,23 +100,8 @@ fn cuda_without_a_gpu_is_one_clear_error() {
     if tch::Cuda::is_available() {
         return; // a machine with a GPU has nothing to refuse
     }
-    let ckpt = common::parity_root().join("celeba/0-G.ckpt");
     let out = scratch("no-cuda").join("out.png");
-    let input = fixture("square32.png");
-    let res = stargan(&[
-        "translate",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--target",
-        "0,1,0,0,0",
-        "--output",
-        out.to_str().unwrap(),
-        "--device",
-        "cuda",
-    ]);
-    assert_one_error_line(&res, "no CUDA device");
+    assert_one_error_line(&translate_square32(&out, &["--device", "cuda"]), "no CUDA device");
     assert!(!out.exists());
 }
 
