@@ -121,7 +121,7 @@ impl StarGan {
         // it each weight is cast to bf16 once, so its uses share one cast (and one bf16 gradient).
         self.autocast(b, || {
             let x_fake = self.g.forward(&b.x, &c_trg).detach();
-            self.d_loss_terms(b, &x_fake, false)
+            self.d_loss_on(b, &x_fake, false)
         })
     }
 
@@ -130,12 +130,8 @@ impl StarGan {
         self.precision.autocast(b.x.device(), f)
     }
 
-    /// L_D with G(x, c_trg) already computed.
+    /// L_D with G(x, c_trg) already computed, inside the caller's autocast region.
     fn d_loss_on(&self, b: &Batch, x_fake: &Tensor, fused: bool) -> DLosses {
-        self.autocast(b, || self.d_loss_terms(b, x_fake, fused))
-    }
-
-    fn d_loss_terms(&self, b: &Batch, x_fake: &Tensor, fused: bool) -> DLosses {
         let kind = self.layout.domains[b.domain].kind;
         let x_fake = x_fake.detach();
         let (real_src, real_cls, fake_src) = if fused {
@@ -162,16 +158,12 @@ impl StarGan {
         let c_trg = self.layout.condition(b.domain, &b.label_trg());
         self.autocast(b, || {
             let x_fake = self.g.forward(&b.x, &c_trg);
-            self.g_loss_terms(b, &x_fake)
+            self.g_loss_on(b, &x_fake)
         })
     }
 
-    /// L_G with G(x, c_trg) already computed (with its graph).
+    /// L_G with G(x, c_trg) already computed (with its graph), inside the caller's autocast region.
     fn g_loss_on(&self, b: &Batch, x_fake: &Tensor) -> GLosses {
-        self.autocast(b, || self.g_loss_terms(b, x_fake))
-    }
-
-    fn g_loss_terms(&self, b: &Batch, x_fake: &Tensor) -> GLosses {
         let kind = self.layout.domains[b.domain].kind;
         let label_trg = b.label_trg();
         let c_org = self.layout.condition(b.domain, &b.label);
@@ -220,20 +212,23 @@ impl StarGan {
             return (d, with_g.then(|| self.g_step(b)));
         }
         let c_trg = self.layout.condition(b.domain, &b.label_trg());
-        let x_fake = self.autocast(b, || {
-            if with_g {
+        // The D update's region ends before its optimiser step: a cast weight cached across the
+        // step would be stale. So the G loss gets a region (and casts of G's weights) of its own.
+        let (x_fake, d) = self.autocast(b, || {
+            let x_fake = if with_g {
                 self.g.forward_with(&b.x, &c_trg, NormStats::PerImageTwice)
             } else {
                 tch::no_grad(|| self.g.forward(&b.x, &c_trg))
-            }
+            };
+            let d = self.d_loss_on(b, &x_fake, true);
+            (x_fake, d)
         });
-        let d = self.d_loss_on(b, &x_fake, true);
         let grads = gradients(&d.total, &self.d.weights.parameters());
         self.d_opt.step(&self.d.weights.parameters(), &grads);
         if !with_g {
             return (d, None);
         }
-        let g = self.g_loss_on(b, &x_fake);
+        let g = self.autocast(b, || self.g_loss_on(b, &x_fake));
         let grads = gradients(&g.total, &self.g.weights.parameters());
         self.g_opt.step(&self.g.weights.parameters(), &grads);
         (d, Some(g))
