@@ -1,42 +1,18 @@
-//! The training configuration: the reference's flags with its defaults, plus our own.
+//! The configuration of a run: the reference's flags with its defaults, plus our own, grouped by
+//! concern (data, model, optimisation, output). Each part is flattened, so a `--config` file and
+//! `config.toml` keep one flat namespace: the reference's flag names.
 //!
 //! Values come from three layers, later ones winning: the defaults for the chosen dataset, a
-//! `--config run.toml` file, and the command line. The effective configuration is written next to
-//! the run's checkpoints (`config.toml`) so a run can always be reproduced.
+//! `--config run.toml` file, and the command line ([`TrainConfig::layered`]). The effective
+//! configuration is written next to the run's checkpoints (`config.toml`) so a run can always be
+//! reproduced.
 
+pub use crate::data::config::{DataConfig, DatasetKind, SyntheticLabels, DEFAULT_ATTR_PATH};
+pub use crate::precision::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DatasetKind {
-    /// CelebA: `list_attr_celeba.txt` and `img_align_celeba/`, multi-label attributes.
-    #[value(alias = "CelebA")]
-    Celeba,
-    /// RaFD: one sub-folder of images per expression.
-    #[value(alias = "RaFD")]
-    Rafd,
-    /// CelebA and RaFD jointly, with the mask vector.
-    #[value(alias = "Both")]
-    Both,
-    /// Your own images: class sub-folders, or a folder plus an attribute file (CelebA format or CSV).
-    Folder,
-    /// The built-in procedural faces (no download); `--synthetic-split` picks the label sets.
-    Synthetic,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum SyntheticSplit {
-    /// Hair colour, male, young: multi-label, like CelebA.
-    Celeba,
-    /// Eight expressions: one-hot, like RaFD.
-    Rafd,
-    /// Both label sets jointly, with the mask vector.
-    Both,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LrDecay {
     /// Linear to zero over the last `num_iters_decay` iterations (the paper), updated every
@@ -47,7 +23,23 @@ pub enum LrDecay {
     Reference,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+/// How an iteration is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepMode {
+    /// Operation for operation as the reference (bit-identical results).
+    Reference,
+    /// The same objective with less work: in iterations with a G step, G(x, c_trg) is computed once
+    /// (with its graph) and shared by the D and G updates, where the reference computes it twice
+    /// with the same weights (otherwise it is computed without a graph); D judges the real and the
+    /// generated images in one pass. Losses and gradients equal the reference's up to rounding (the
+    /// parity tests hold it to the same bounds); the instance-norm running averages move as the
+    /// reference moves them (see `NormStats::PerImageTwice`).
+    #[default]
+    Fast,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// CUDA when libtorch has it and a GPU is present, else the CPU.
@@ -63,7 +55,7 @@ impl DeviceChoice {
         let device = match self {
             DeviceChoice::Cpu => tch::Device::Cpu,
             DeviceChoice::Cuda if !tch::Cuda::is_available() => {
-                return Err(crate::error::Error::Config(
+                return Err(crate::error::Error::Input(
                     "--device cuda: no CUDA device is available (no GPU, or a CPU-only libtorch: \
                      scripts/setup.sh --cuda assembles a CUDA one)"
                         .into(),
@@ -79,26 +71,34 @@ impl DeviceChoice {
     }
 }
 
-/// Every setting of a training (or test) run. Field names are the reference's flags.
+/// The networks' sizes. G's and D's label sizes come from the data's label layout; `c_dim` and
+/// `c2_dim` are the reference's flags for them, checked against the data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
-    // Model configuration.
+#[serde(default)]
+pub struct ModelConfig {
+    /// Number of CelebA attributes (must equal the number of `selected_attrs`).
     pub c_dim: i64,
+    /// Number of RaFD expressions (joint training).
     pub c2_dim: i64,
-    pub celeba_crop_size: u32,
-    pub rafd_crop_size: u32,
-    pub image_size: i64,
     pub g_conv_dim: i64,
     pub d_conv_dim: i64,
     pub g_repeat_num: i64,
     pub d_repeat_num: i64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { c_dim: 5, c2_dim: 8, g_conv_dim: 64, d_conv_dim: 64, g_repeat_num: 6, d_repeat_num: 6 }
+    }
+}
+
+/// The objective and how it is optimised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OptimConfig {
     pub lambda_cls: f64,
     pub lambda_rec: f64,
     pub lambda_gp: f64,
-
-    // Training configuration.
-    pub dataset: DatasetKind,
     pub batch_size: usize,
     pub num_iters: u64,
     pub num_iters_decay: u64,
@@ -107,67 +107,22 @@ pub struct TrainConfig {
     pub n_critic: u64,
     pub beta1: f64,
     pub beta2: f64,
-    pub selected_attrs: Vec<String>,
     pub lr_decay: LrDecay,
-    pub seed: u64,
+    pub lr_update_step: u64,
     /// `fast` (default) or `reference` (the authors' operation order, bit-identical).
-    pub step_mode: crate::train::StepMode,
+    pub step_mode: StepMode,
     /// `fp32` (default) or `bf16` (autocast: convolutions in bf16, weights and optimiser in fp32).
-    pub precision: crate::precision::Precision,
-
-    // Test configuration.
-    pub test_iters: Option<u64>,
+    pub precision: Precision,
     /// Continue from the checkpoint of this iteration, or `latest`.
     pub resume_iters: Option<String>,
-
-    // Miscellaneous.
-    pub num_workers: usize,
-    pub use_tensorboard: bool,
-    pub device: DeviceChoice,
-    /// Intra-op threads for libtorch (0: one per core).
-    pub threads: usize,
-
-    // Directories.
-    pub celeba_image_dir: PathBuf,
-    pub attr_path: PathBuf,
-    pub rafd_image_dir: PathBuf,
-    /// `--dataset folder`: the images (class sub-folders, or flat with `attr_path`).
-    pub image_dir: Option<PathBuf>,
-    /// `--dataset folder`: centre-crop size before resizing (default: the shorter side).
-    pub crop_size: Option<u32>,
-    pub synthetic_split: SyntheticSplit,
-    pub skip_missing: bool,
-    pub log_dir: PathBuf,
-    pub model_save_dir: PathBuf,
-    pub sample_dir: PathBuf,
-    pub result_dir: PathBuf,
-
-    // Step size.
-    pub log_step: u64,
-    pub sample_step: u64,
-    pub model_save_step: u64,
-    pub lr_update_step: u64,
-    /// Also write reference-format `{step}-G.ckpt` / `{step}-D.ckpt` for PyTorch users.
-    pub save_reference_format: bool,
 }
 
-impl Default for TrainConfig {
-    /// The reference's defaults (its `main.py`).
+impl Default for OptimConfig {
     fn default() -> Self {
         Self {
-            c_dim: 5,
-            c2_dim: 8,
-            celeba_crop_size: 178,
-            rafd_crop_size: 256,
-            image_size: 128,
-            g_conv_dim: 64,
-            d_conv_dim: 64,
-            g_repeat_num: 6,
-            d_repeat_num: 6,
             lambda_cls: 1.0,
             lambda_rec: 10.0,
             lambda_gp: 10.0,
-            dataset: DatasetKind::Celeba,
             batch_size: 16,
             num_iters: 200_000,
             num_iters_decay: 100_000,
@@ -176,24 +131,34 @@ impl Default for TrainConfig {
             n_critic: 5,
             beta1: 0.5,
             beta2: 0.999,
-            selected_attrs: crate::labels::DEFAULT_CELEBA_ATTRS.iter().map(|s| s.to_string()).collect(),
             lr_decay: LrDecay::Linear,
-            seed: 0,
-            step_mode: crate::train::StepMode::Fast,
-            precision: crate::precision::Precision::Fp32,
-            test_iters: None,
+            lr_update_step: 1000,
+            step_mode: StepMode::Fast,
+            precision: Precision::Fp32,
             resume_iters: None,
-            num_workers: 1,
-            use_tensorboard: true,
-            device: DeviceChoice::Auto,
-            threads: 0,
-            celeba_image_dir: "data/celeba/images".into(),
-            attr_path: "data/celeba/list_attr_celeba.txt".into(),
-            rafd_image_dir: "data/RaFD/train".into(),
-            image_dir: None,
-            crop_size: None,
-            synthetic_split: SyntheticSplit::Celeba,
-            skip_missing: false,
+        }
+    }
+}
+
+/// Where a run writes, and how often.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutputConfig {
+    pub log_dir: PathBuf,
+    pub model_save_dir: PathBuf,
+    pub sample_dir: PathBuf,
+    pub result_dir: PathBuf,
+    pub log_step: u64,
+    pub sample_step: u64,
+    pub model_save_step: u64,
+    pub use_tensorboard: bool,
+    /// Also write reference-format `{step}-G.ckpt` / `{step}-D.ckpt` for PyTorch users.
+    pub save_reference_format: bool,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
             log_dir: "stargan/logs".into(),
             model_save_dir: "stargan/models".into(),
             sample_dir: "stargan/samples".into(),
@@ -201,8 +166,48 @@ impl Default for TrainConfig {
             log_step: 10,
             sample_step: 1000,
             model_save_step: 10_000,
-            lr_update_step: 1000,
+            use_tensorboard: true,
             save_reference_format: false,
+        }
+    }
+}
+
+/// Every setting of a training (or test) run. Field names are the reference's flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    #[serde(flatten)]
+    pub data: DataConfig,
+    #[serde(flatten)]
+    pub model: ModelConfig,
+    #[serde(flatten)]
+    pub optim: OptimConfig,
+    #[serde(flatten)]
+    pub output: OutputConfig,
+    /// Seed of every random choice (initialisation, batches, flips, targets, the built-in data).
+    pub seed: u64,
+    /// Checkpoint iteration to test (default: the latest).
+    pub test_iters: Option<u64>,
+    /// Accepted for compatibility; decoding uses all cores.
+    pub num_workers: usize,
+    pub device: DeviceChoice,
+    /// Intra-op threads for libtorch (0: one per core).
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    /// The reference's defaults (its `main.py`).
+    fn default() -> Self {
+        Self {
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            optim: OptimConfig::default(),
+            output: OutputConfig::default(),
+            seed: 0,
+            test_iters: None,
+            num_workers: 1,
+            device: DeviceChoice::Auto,
+            threads: 0,
         }
     }
 }
@@ -212,31 +217,39 @@ impl TrainConfig {
     /// 32 px with narrower networks, sized to learn the attributes on a 2-core machine in minutes.
     pub fn synthetic_default() -> Self {
         Self {
-            dataset: DatasetKind::Synthetic,
-            image_size: 32,
-            g_conv_dim: 32,
-            d_conv_dim: 32,
-            g_repeat_num: 3,
-            d_repeat_num: 5,
-            batch_size: 16,
-            // ~0.14 s per iteration on 2 cores: about 12 minutes.
-            num_iters: 5000,
-            // Twice the reference's weight: at this short budget it keeps the content (measured
-            // with `stargan eval` at 5000 iterations: PSNR 16.2 vs 15.1 dB, target accuracy 99.2%
-            // vs 92.2%).
-            lambda_rec: 20.0,
-            num_iters_decay: 1500,
-            n_critic: 5,
-            g_lr: 2e-4,
-            d_lr: 2e-4,
-            log_step: 250,
-            sample_step: 500,
-            model_save_step: 1000,
-            lr_update_step: 100,
-            log_dir: "runs/synthetic/logs".into(),
-            model_save_dir: "runs/synthetic/models".into(),
-            sample_dir: "runs/synthetic/samples".into(),
-            result_dir: "runs/synthetic/results".into(),
+            data: DataConfig { dataset: DatasetKind::Synthetic, image_size: 32, ..DataConfig::default() },
+            model: ModelConfig {
+                g_conv_dim: 32,
+                d_conv_dim: 32,
+                g_repeat_num: 3,
+                d_repeat_num: 5,
+                ..ModelConfig::default()
+            },
+            optim: OptimConfig {
+                batch_size: 16,
+                // ~0.14 s per iteration on 2 cores: about 12 minutes.
+                num_iters: 5000,
+                // Twice the reference's weight: at this short budget it keeps the content (measured
+                // with `stargan eval` at 5000 iterations: PSNR 16.2 vs 15.1 dB, target accuracy 99.2%
+                // vs 92.2%).
+                lambda_rec: 20.0,
+                num_iters_decay: 1500,
+                n_critic: 5,
+                g_lr: 2e-4,
+                d_lr: 2e-4,
+                lr_update_step: 100,
+                ..OptimConfig::default()
+            },
+            output: OutputConfig {
+                log_step: 250,
+                sample_step: 500,
+                model_save_step: 1000,
+                log_dir: "runs/synthetic/logs".into(),
+                model_save_dir: "runs/synthetic/models".into(),
+                sample_dir: "runs/synthetic/samples".into(),
+                result_dir: "runs/synthetic/results".into(),
+                ..OutputConfig::default()
+            },
             ..Self::default()
         }
     }
@@ -245,8 +258,9 @@ impl TrainConfig {
     /// given the schedule. Both schedules change the rate only every `lr_update_step` iterations,
     /// after iteration i+1 is a multiple of it, as the reference does.
     pub fn learning_rates(&self, i: u64) -> (f64, f64) {
-        let start = self.num_iters.saturating_sub(self.num_iters_decay);
-        let step = self.lr_update_step.max(1);
+        let o = &self.optim;
+        let start = o.num_iters.saturating_sub(o.num_iters_decay);
+        let step = o.lr_update_step.max(1);
         // Number of decay updates applied before iteration i: iterations j < i with (j+1) % step == 0
         // and (j+1) > start.
         let updates = |upto: u64| -> u64 {
@@ -258,56 +272,122 @@ impl TrainConfig {
             }
         };
         let n = updates(i);
-        let decay = self.num_iters_decay.max(1) as f64;
-        match self.lr_decay {
+        let decay = o.num_iters_decay.max(1) as f64;
+        match o.lr_decay {
             LrDecay::Reference => {
                 // Repeated subtraction in floating point, exactly as the reference does.
-                let (mut g, mut d) = (self.g_lr, self.d_lr);
+                let (mut g, mut d) = (o.g_lr, o.d_lr);
                 for _ in 0..n {
-                    g -= self.g_lr / decay;
-                    d -= self.d_lr / decay;
+                    g -= o.g_lr / decay;
+                    d -= o.d_lr / decay;
                 }
                 (g, d)
             }
             LrDecay::Linear => {
                 // A decay window longer than the run covers the whole run.
-                let window = self.num_iters_decay.min(self.num_iters).max(1);
+                let window = o.num_iters_decay.min(o.num_iters).max(1);
                 let done = (n * step).min(window) as f64;
                 let f = (1.0 - done / window as f64).max(0.0);
-                (self.g_lr * f, self.d_lr * f)
+                (o.g_lr * f, o.d_lr * f)
             }
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    /// Every check a configuration must pass before anything runs; the message names the setting
+    /// by its flag.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        let bad = |m: String| Err(crate::error::Error::Input(m));
+        let (o, out, m, d) = (&self.optim, &self.output, &self.model, &self.data);
         let positive = [
-            ("batch-size", self.batch_size as u64),
-            ("n-critic", self.n_critic),
-            ("log-step", self.log_step),
-            ("sample-step", self.sample_step),
-            ("model-save-step", self.model_save_step),
-            ("lr-update-step", self.lr_update_step),
+            ("batch-size", o.batch_size as u64),
+            ("n-critic", o.n_critic),
+            ("log-step", out.log_step),
+            ("sample-step", out.sample_step),
+            ("model-save-step", out.model_save_step),
+            ("lr-update-step", o.lr_update_step),
         ];
         for (name, v) in positive {
             if v == 0 {
-                return Err(format!("--{name} must be at least 1"));
+                return bad(format!("--{name} must be at least 1"));
             }
         }
-        if self.image_size % (1 << self.d_repeat_num) != 0 || self.image_size >> self.d_repeat_num == 0 {
-            return Err(format!(
-                "--image-size {} must be a multiple of 2^d-repeat-num = {} (D halves it {} times)",
-                self.image_size,
-                1i64 << self.d_repeat_num,
-                self.d_repeat_num
+        if !(0..=30).contains(&m.d_repeat_num)
+            || d.image_size % (1 << m.d_repeat_num) != 0
+            || d.image_size >> m.d_repeat_num == 0
+        {
+            return bad(format!(
+                "--image-size {} must be a multiple of 2^d-repeat-num = 2^{} (D halves it {} times)",
+                d.image_size, m.d_repeat_num, m.d_repeat_num
             ));
         }
-        if self.image_size % 4 != 0 {
-            return Err(format!(
+        if d.image_size % 4 != 0 {
+            return bad(format!(
                 "--image-size {} must be a multiple of 4 (G downsamples twice)",
-                self.image_size
+                d.image_size
+            ));
+        }
+        let uses_celeba = matches!(d.dataset, DatasetKind::Celeba | DatasetKind::Both);
+        if uses_celeba && m.c_dim != d.selected_attrs.len() as i64 {
+            return bad(format!(
+                "--c-dim {} does not match the {} --selected-attrs ({})",
+                m.c_dim,
+                d.selected_attrs.len(),
+                d.selected_attrs.join(" ")
             ));
         }
         Ok(())
+    }
+
+    /// The one way every command builds a configuration: `base`, then the TOML `file` (if any),
+    /// then `flags` (the settings given on the command line, by their snake_case names), each
+    /// layer winning over the one before; unknown keys and invalid values are errors naming the
+    /// key (and the file), and the result is [`validate`](Self::validate)d.
+    pub fn layered(
+        base: &TrainConfig,
+        file: Option<(&std::path::Path, toml::Table)>,
+        flags: toml::Table,
+    ) -> crate::error::Result<Self> {
+        use crate::error::Error;
+        let internal =
+            |e: toml::ser::Error| Error::Internal(format!("cannot represent the configuration: {e}"));
+        let mut table = toml::Table::try_from(base).map_err(internal)?;
+        let known = Self::keys();
+        let check = |t: &toml::Table, src: &str| -> crate::error::Result<()> {
+            match t.keys().find(|k| !known.contains(k.as_str())) {
+                Some(k) => Err(Error::Input(format!("{src}unknown setting `{k}`"))),
+                None => Ok(()),
+            }
+        };
+        let mut src = String::new();
+        if let Some((path, over)) = file {
+            src = format!("{}: ", path.display());
+            check(&over, &src)?;
+            table.extend(over);
+        }
+        check(&flags, "")?;
+        table.extend(flags);
+        let cfg: TrainConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Input(format!("{src}{}", e.message().trim())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// A `--config` file's settings.
+    pub fn read_table(path: &std::path::Path) -> crate::error::Result<toml::Table> {
+        use crate::error::Error;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| Error::Input(format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// Every setting's name (the keys of a `--config` file).
+    pub fn keys() -> std::collections::BTreeSet<String> {
+        // JSON keeps unset options as `null`, so every key appears.
+        match serde_json::to_value(TrainConfig::default()) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().map(|(k, _)| k).collect(),
+            _ => Default::default(),
+        }
     }
 }
 
@@ -317,7 +397,8 @@ mod tests {
 
     #[test]
     fn reference_schedule_subtracts_every_update_step() {
-        let cfg = TrainConfig { lr_decay: LrDecay::Reference, ..TrainConfig::default() };
+        let mut cfg = TrainConfig::default();
+        cfg.optim.lr_decay = LrDecay::Reference;
         assert_eq!(cfg.learning_rates(0), (1e-4, 1e-4));
         assert_eq!(cfg.learning_rates(100_000).0, 1e-4);
         // After iteration 101000 (i.e. before i = 101000) one update has happened.
@@ -343,6 +424,13 @@ mod tests {
         let text = toml::to_string(&cfg).unwrap();
         let back: TrainConfig = toml::from_str(&text).unwrap();
         assert_eq!(cfg, back);
-        assert!(toml::from_str::<TrainConfig>("bogus_key = 1").is_err());
+        let bogus: toml::Table = toml::from_str("bogus_key = 1").unwrap();
+        let err = TrainConfig::layered(&cfg, None, bogus).unwrap_err().to_string();
+        assert!(err.contains("bogus_key"), "{err}");
+        // The flattened parts keep the reference's flat names.
+        for key in ["dataset", "attr_path", "g_conv_dim", "n_critic", "model_save_dir", "seed", "test_iters"]
+        {
+            assert!(TrainConfig::keys().contains(key), "{key}");
+        }
     }
 }

@@ -42,21 +42,20 @@ mod report;
 pub use classifier::Classifier;
 pub use frechet::frechet_distance;
 
-use crate::checkpoint::{self, native};
-use crate::cli::translate::load_generator;
+use crate::batch::labels_tensor;
+use crate::checkpoint::native;
 use crate::config::{DatasetKind, TrainConfig};
 use crate::data::build::{sources, Part};
 use crate::data::error::DataError;
 use crate::data::source::{render_into, Label, Loader, Source};
-use crate::data::synthetic::{CelebaLabels, Content, Labels, RafdLabels, SyntheticSplit};
+use crate::data::synthetic::{CelebaLabels, Content, LabelSet, Labels, RafdLabels};
 use crate::error::{Error, Result};
 use crate::image_io;
 use crate::labels::{Domain, LabelKind, LabelLayout};
 use crate::model::NormStats;
-use crate::train::run::labels_tensor;
+use crate::rng::Fnv1a;
 use rayon::prelude::*;
 use serde::Serialize;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -68,7 +67,7 @@ const EVAL_BATCH: usize = 32;
 /// What to evaluate and how.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
-    /// Anything `load_generator` reads: a training checkpoint, a reference `{step}-G.ckpt`, an
+    /// Anything [`crate::inference::load`] reads: a training checkpoint, a reference `{step}-G.ckpt`, an
     /// exported G.
     pub checkpoint: PathBuf,
     /// The data: its test part is translated, its training part teaches the judge.
@@ -92,7 +91,7 @@ impl EvalOptions {
     pub fn new(checkpoint: impl Into<PathBuf>, data: TrainConfig) -> Result<Self> {
         Ok(Self {
             checkpoint: checkpoint.into(),
-            out: data.result_dir.join("eval"),
+            out: data.output.result_dir.join("eval"),
             device: data.device.resolve()?,
             data,
             max_images: 512,
@@ -125,7 +124,7 @@ pub struct EvalReport {
 pub struct DataSummary {
     pub dataset: DatasetKind,
     /// `dataset = synthetic`: which label sets.
-    pub synthetic_split: Option<crate::config::SyntheticSplit>,
+    pub synthetic_split: Option<crate::config::SyntheticLabels>,
     pub image_size: i64,
     pub seed: u64,
     pub layout: LabelLayout,
@@ -278,11 +277,6 @@ impl Source for Subset {
     }
 }
 
-/// 64-bit FNV-1a: a hash that is the same on every platform and Rust version.
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
-}
-
 /// The three views of the data an evaluation needs.
 struct Parts {
     /// The judge learns from these.
@@ -300,10 +294,10 @@ fn same_images(a: &dyn Source, b: &dyn Source) -> bool {
 }
 
 fn data_parts(cfg: &TrainConfig) -> Result<Parts> {
-    let (train, layout) = sources(cfg, Part::Train)?;
-    let (test, test_layout) = sources(cfg, Part::Test)?;
+    let (train, layout) = sources(&cfg.data, cfg.seed, Part::Train)?;
+    let (test, test_layout) = sources(&cfg.data, cfg.seed, Part::Test)?;
     if layout != test_layout {
-        return Err(Error::Config("the training and test images have different labels".into()));
+        return Err(Error::Input("the training and test images have different labels".into()));
     }
     let (mut judge_train, mut held_out, mut from) = (Vec::new(), Vec::new(), Vec::new());
     for (tr, te) in train.iter().zip(&test) {
@@ -323,7 +317,7 @@ fn data_parts(cfg: &TrainConfig) -> Result<Parts> {
         // No separate test split: hold out a tenth, chosen by name so that it does not depend on
         // the file order or the seed.
         let mut by_hash: Vec<usize> = (0..n).collect();
-        by_hash.sort_by_key(|&i| (fnv1a(&tr.name(i)), i));
+        by_hash.sort_by_key(|&i| (Fnv1a::of(&tr.name(i)), i));
         let k = (n / 10).max(1);
         let mut held: Vec<usize> = by_hash[..k].to_vec();
         let mut rest: Vec<usize> = by_hash[k..].to_vec();
@@ -369,31 +363,30 @@ fn classifier_description(cfg: &TrainConfig, layout: &LabelLayout, iterations: u
     use serde_json::json;
     let celeba = || {
         json!({
-            "attr_path": canonical(&cfg.attr_path),
-            "celeba_image_dir": canonical(&cfg.celeba_image_dir),
-            "celeba_crop_size": cfg.celeba_crop_size,
-            "skip_missing": cfg.skip_missing,
+            "attr_path": canonical(cfg.data.celeba_attr_path()),
+            "celeba_image_dir": canonical(&cfg.data.celeba_image_dir),
+            "celeba_crop_size": cfg.data.celeba_crop_size,
+            "skip_missing": cfg.data.skip_missing,
         })
     };
-    let rafd =
-        || json!({ "rafd_image_dir": canonical(&cfg.rafd_image_dir), "rafd_crop_size": cfg.rafd_crop_size });
-    let data = match cfg.dataset {
-        DatasetKind::Synthetic => json!({ "synthetic_split": cfg.synthetic_split }),
+    let rafd = || json!({ "rafd_image_dir": canonical(&cfg.data.rafd_image_dir), "rafd_crop_size": cfg.data.rafd_crop_size });
+    let data = match cfg.data.dataset {
+        DatasetKind::Synthetic => json!({ "synthetic_split": cfg.data.synthetic_split }),
         DatasetKind::Celeba => celeba(),
         DatasetKind::Rafd => rafd(),
         DatasetKind::Both => json!([celeba(), rafd()]),
         DatasetKind::Folder => json!({
-            "image_dir": cfg.image_dir.as_deref().map(canonical),
-            "attr_path": canonical(&cfg.attr_path),
-            "crop_size": cfg.crop_size,
-            "skip_missing": cfg.skip_missing,
+            "image_dir": cfg.data.image_dir.as_deref().map(canonical),
+            "attr_path": canonical(cfg.data.celeba_attr_path()),
+            "crop_size": cfg.data.crop_size,
+            "skip_missing": cfg.data.skip_missing,
         }),
     };
     json!({
         "version": classifier::VERSION,
-        "dataset": cfg.dataset,
+        "dataset": cfg.data.dataset,
         "data": data,
-        "image_size": cfg.image_size,
+        "image_size": cfg.data.image_size,
         "seed": cfg.seed,
         "iterations": iterations,
         "labels": layout.domains.iter().map(|d| json!([d.name, d.labels])).collect::<Vec<_>>(),
@@ -403,8 +396,8 @@ fn classifier_description(cfg: &TrainConfig, layout: &LabelLayout, iterations: u
 
 /// The default cache file of the judge for this data.
 pub fn default_classifier_path(cfg: &TrainConfig, layout: &LabelLayout, iterations: u64) -> PathBuf {
-    let hash = fnv1a(&classifier_description(cfg, layout, iterations));
-    cfg.model_save_dir.join(format!("classifier-{hash:016x}.safetensors"))
+    let hash = Fnv1a::of(&classifier_description(cfg, layout, iterations));
+    cfg.output.model_save_dir.join(format!("classifier-{hash:016x}.safetensors"))
 }
 
 fn held_out_accuracy(
@@ -545,14 +538,14 @@ fn errors(a: &Tensor, b: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
 }
 
 /// Which synthetic labels a target vector of a synthetic data set sets, if it is a complete label.
-fn target_labels(split: SyntheticSplit, base: Labels, v: &[f32]) -> Option<Labels> {
+fn target_labels(split: LabelSet, base: Labels, v: &[f32]) -> Option<Labels> {
     let binary = v.iter().all(|&x| x == 0.0 || x == 1.0);
     match split {
-        SyntheticSplit::Celeba => {
+        LabelSet::Celeba => {
             let hair: f32 = v.get(..3)?.iter().sum();
             (binary && hair == 1.0).then(|| CelebaLabels::from_vector(v).ok().map(|c| base.with_celeba(c)))?
         }
-        SyntheticSplit::Rafd => {
+        LabelSet::Rafd => {
             let ones = v.iter().filter(|&&x| x == 1.0).count();
             (binary && ones == 1).then(|| RafdLabels::from_vector(v).ok().map(|r| base.with_rafd(r)))?
         }
@@ -564,7 +557,7 @@ fn target_labels(split: SyntheticSplit, base: Labels, v: &[f32]) -> Option<Label
 fn render_truth(
     size: u32,
     samples: &[(Content, Labels)],
-    split: SyntheticSplit,
+    split: LabelSet,
     target: &[f32],
     dim: usize,
 ) -> Result<(Tensor, Vec<bool>)> {
@@ -587,84 +580,124 @@ fn render_truth(
 // The evaluation
 // ---------------------------------------------------------------------------------------------
 
-/// The metadata of a training checkpoint, read from the safetensors header only (no tensors);
-/// `None` for any other checkpoint.
+/// The metadata of a training checkpoint (header only); `None` for any other checkpoint.
 pub fn training_meta(path: &Path) -> Result<Option<native::Meta>> {
-    if checkpoint::sniff(path)? != checkpoint::Format::Safetensors {
-        return Ok(None);
-    }
-    let read_err = |source| Error::Read { path: path.to_path_buf(), source };
-    let mut f = std::fs::File::open(path).map_err(read_err)?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(read_err)?;
-    let len = u64::from_le_bytes(len);
-    if len > 100_000_000 {
-        return Err(Error::Config(format!("{}: implausible safetensors header", path.display())));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).map_err(read_err)?;
-    let value: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| Error::Config(format!("{}: unreadable safetensors header: {e}", path.display())))?;
-    let metadata: std::collections::HashMap<String, String> =
-        value.get("__metadata__").and_then(|m| serde_json::from_value(m.clone()).ok()).unwrap_or_default();
-    let file = checkpoint::TensorFile { tensors: Default::default(), metadata };
-    Ok(native::meta_of(&file, path)?)
+    Ok(native::read_meta(path)?)
 }
 
-/// Evaluate a generator; writes `eval.json`, `report.md` and the grids into `opts.out`.
+/// What an evaluation translates with: G, or a stand-in with known answers (an identity, an
+/// oracle that renders the ground truth) to check the metrics themselves.
+pub trait Translator {
+    /// G(x, c) for a batch `x` `[N,3,S,S]` and targets `c` `[N, g_dim]`, without gradients.
+    fn translate(&self, x: &Tensor, c: &Tensor) -> Tensor;
+}
+
+/// A generator as the reference's test mode runs it: per-image instance-norm statistics that
+/// leave its buffers untouched, at the given precision.
+pub struct TestMode<'a> {
+    pub g: &'a crate::model::Generator,
+    pub precision: crate::precision::Precision,
+}
+
+impl Translator for TestMode<'_> {
+    fn translate(&self, x: &Tensor, c: &Tensor) -> Tensor {
+        self.g.translate(x, c, NormStats::PerImageFrozen, self.precision)
+    }
+}
+
+/// Evaluate the generator of `opts.checkpoint`; writes `eval.json`, `report.md` and the grids into
+/// `opts.out`.
 pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
-    let t0 = Instant::now();
-    let cfg = &opts.data;
-    let device = opts.device;
+    check_options(opts)?;
+    let parts = data_parts(&opts.data)?;
+    let model = crate::inference::load(&opts.checkpoint, None, opts.device)?;
+    model.check_fits(&parts.layout, opts.data.data.image_size, &opts.checkpoint)?;
+    let iteration = model.meta.as_ref().map(|m| m.iteration);
+    let g = TestMode { g: &model.g, precision: opts.data.optim.precision };
+    evaluate_with(opts, &parts, &g, iteration)
+}
+
+fn check_options(opts: &EvalOptions) -> Result<()> {
     if opts.max_images == 0 {
-        return Err(Error::Config("--max-images must be at least 1".into()));
+        return Err(Error::Input("--max-images must be at least 1".into()));
     }
     if opts.classifier_iters == 0 {
-        return Err(Error::Config("--classifier-iters must be at least 1".into()));
+        return Err(Error::Input("--classifier-iters must be at least 1".into()));
     }
-    let parts = data_parts(cfg)?;
-    let layout = parts.layout.clone();
+    Ok(())
+}
 
-    // The generator, checked against the data.
-    let meta = training_meta(&opts.checkpoint)?;
-    let loaded = load_generator(&opts.checkpoint, None, device)?;
-    let ck = opts.checkpoint.display();
-    match &meta {
-        Some(m) if m.layout != layout => {
-            return Err(Error::Config(format!(
-                "{ck} was trained on {}, but the data has {}",
-                m.layout.describe(),
-                layout.describe()
-            )))
-        }
-        Some(_) => {}
-        None if loaded.g.config.c_dim != layout.g_dim() => {
-            return Err(Error::Config(format!(
-                "{ck} takes {} labels but the data ({}) has {}; give the data flags it was trained with",
-                loaded.g.config.c_dim,
-                layout.describe(),
-                layout.g_dim()
-            )))
-        }
-        None => {}
-    }
-    if let Some(s) = loaded.image_size.filter(|&s| s != cfg.image_size) {
-        return Err(Error::Config(format!(
-            "{ck} works on {s}×{s} images, not --image-size {}",
-            cfg.image_size
-        )));
-    }
-    let g = loaded.g;
+/// The data an evaluation reads: the judge's training and held-out images, the test images.
+pub struct EvalData(Parts);
 
-    // The judge.
-    let description = classifier_description(cfg, &layout, opts.classifier_iters);
+impl EvalData {
+    pub fn open(cfg: &TrainConfig) -> Result<Self> {
+        Ok(Self(data_parts(cfg)?))
+    }
+    pub fn layout(&self) -> &LabelLayout {
+        &self.0.layout
+    }
+    /// The test images of data set `k`.
+    pub fn test_source(&self, k: usize) -> &Arc<dyn Source> {
+        &self.0.test[k]
+    }
+}
+
+/// [`evaluate`] with any translator on already opened data (`opts.checkpoint` only names it in the
+/// report; `iteration` is the training iteration it reports).
+pub fn evaluate_data(
+    opts: &EvalOptions,
+    data: &EvalData,
+    g: &dyn Translator,
+    iteration: Option<u64>,
+) -> Result<EvalReport> {
+    check_options(opts)?;
+    evaluate_with(opts, &data.0, g, iteration)
+}
+
+fn evaluate_with(
+    opts: &EvalOptions,
+    parts: &Parts,
+    g: &dyn Translator,
+    iteration: Option<u64>,
+) -> Result<EvalReport> {
+    let t0 = Instant::now();
+    let t_clf = Instant::now();
+    let (clf, classifier) = judge(opts, parts)?;
+    let classifier_seconds = t_clf.elapsed().as_secs_f64();
+    let t_tr = Instant::now();
+    let measured = measure(opts, parts, &clf, g)?;
+    let translate_seconds = t_tr.elapsed().as_secs_f64();
+    let mut report = write_report(opts, parts, classifier, measured, iteration)?;
+    report.seconds = Timings {
+        classifier: classifier_seconds,
+        translate: translate_seconds,
+        total: t0.elapsed().as_secs_f64(),
+    };
+    // Written last so the timings are in it.
+    let json = serde_json::to_string_pretty(&report)
+        .map_err(|e| Error::Internal(format!("cannot represent the report: {e}")))?;
+    write_file(Path::new(&report.files.json), json.as_bytes())?;
+    write_file(Path::new(&report.files.report), report::markdown(&report).as_bytes())?;
+    Ok(report)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::files::write_atomic(path, bytes)
+        .map_err(|source| Error::Write { path: path.to_path_buf(), source })
+}
+
+/// The judge classifier, from its cache or trained now (and cached), with its held-out accuracy.
+fn judge(opts: &EvalOptions, parts: &Parts) -> Result<(Classifier, ClassifierReport)> {
+    let cfg = &opts.data;
+    let layout = &parts.layout;
+    let description = classifier_description(cfg, layout, opts.classifier_iters);
     let clf_path = opts
         .classifier
         .clone()
-        .unwrap_or_else(|| default_classifier_path(cfg, &layout, opts.classifier_iters));
-    let mut clf = Classifier::new(&layout, cfg.image_size, cfg.seed, device);
-    let t_clf = Instant::now();
-    let (clf_loaded, stats) = if clf_path.exists() {
+        .unwrap_or_else(|| default_classifier_path(cfg, layout, opts.classifier_iters));
+    let mut clf = Classifier::new(layout, cfg.data.image_size, cfg.seed, opts.device);
+    let (loaded, stats) = if clf_path.exists() {
         clf.load(&clf_path, &description)?;
         tracing::info!("judge classifier loaded from {}", clf_path.display());
         (true, None)
@@ -681,26 +714,44 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
         tracing::info!("judge trained in {:.1}s (final loss {:.4})", stats.seconds, stats.final_loss);
         (false, Some(stats))
     };
-    let held_out = held_out_accuracy(&clf, &parts, opts.max_images, cfg.seed, device)?;
-    let classifier_seconds = t_clf.elapsed().as_secs_f64();
+    let held_out = held_out_accuracy(&clf, parts, opts.max_images, cfg.seed, opts.device)?;
+    let report = ClassifierReport {
+        path: clf_path.display().to_string(),
+        loaded,
+        iterations: opts.classifier_iters,
+        train_seconds: stats.as_ref().map(|s| s.seconds),
+        final_loss: stats.as_ref().map(|s| s.final_loss),
+        layers: clf.layers(),
+        feature_dim: classifier::FEATURES,
+        held_out,
+    };
+    Ok((clf, report))
+}
 
-    // Translations.
-    let t_tr = Instant::now();
+/// What the translations scored, and the columns of the sample grids.
+struct Measured {
+    datasets: Vec<DatasetReport>,
+    overall: Summary,
+    any_truth: bool,
+    grid_cols: Vec<Vec<Tensor>>,
+    truth_cols: Vec<Vec<Tensor>>,
+}
+
+/// For each target of the layout: (data set, label index).
+fn target_labels_of(layout: &LabelLayout) -> Vec<(usize, usize)> {
+    layout.domains.iter().enumerate().flat_map(|(j, d)| (0..d.labels.len()).map(move |i| (j, i))).collect()
+}
+
+/// Translate the first test images of every data set to every target and score them.
+fn measure(opts: &EvalOptions, parts: &Parts, clf: &Classifier, g: &dyn Translator) -> Result<Measured> {
+    let (cfg, device, layout) = (&opts.data, opts.device, &parts.layout);
     let names = layout.test_target_names();
-    let target_of: Vec<(usize, usize)> = layout
-        .domains
-        .iter()
-        .enumerate()
-        .flat_map(|(j, d)| (0..d.labels.len()).map(move |i| (j, i)))
-        .collect();
-    let offsets: Vec<i64> =
-        layout.domains.iter().scan(0, |o, d| Some(std::mem::replace(o, *o + d.dim()))).collect();
-    let splits: Vec<Option<SyntheticSplit>> =
-        parts.test.iter().map(|s| s.as_synthetic().map(|s| s.split())).collect();
+    let target_of = target_labels_of(layout);
+    let splits: Vec<Option<LabelSet>> =
+        parts.test.iter().map(|s| s.as_synthetic().map(|s| s.label_set())).collect();
     let test_loader = Loader::new(parts.test.clone(), EVAL_BATCH, cfg.seed, false)?;
     let floor_loader = Loader::new(parts.train.clone(), EVAL_BATCH, cfg.seed, false)?;
-    let n_domains = layout.domains.len();
-    let rows_per = opts.grid_rows.div_ceil(n_domains).max(1);
+    let rows_per = opts.grid_rows.div_ceil(layout.domains.len()).max(1);
     let mut grid_cols: Vec<Vec<Tensor>> = (0..=names.len()).map(|_| Vec::new()).collect();
     let mut truth_cols: Vec<Vec<Tensor>> = (0..=names.len()).map(|_| Vec::new()).collect();
     let mut datasets = Vec::new();
@@ -720,7 +771,6 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
             let n = x.size()[0];
             images += n as usize;
             let label = labels_tensor(&labels).to_device(device);
-            let c_org = layout.condition(k, &label);
             let samples: Option<Vec<(Content, Labels)>> =
                 syn.map(|s| indices.iter().map(|&i| s.sample(i)).collect());
             let rows = rows_per.min(n as usize) as i64;
@@ -728,49 +778,24 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
                 grid_cols[0].push(x.narrow(0, 0, rows).to_device(Device::Cpu));
                 truth_cols[0].push(x.narrow(0, 0, rows).to_device(Device::Cpu));
             }
+            let batch = EvalBatch { k, x: &x, label: &label, samples: samples.as_deref() };
             tch::no_grad(|| -> Result<()> {
                 real.push(clf.features(&x, false).to_device(Device::Cpu));
                 for (t, c) in layout.test_targets(k, &label).iter().enumerate() {
-                    let (j, i) = target_of[t];
-                    let dj = &layout.domains[j];
-                    let y = g.translate(&x, c, NormStats::PerImageFrozen, cfg.precision);
-                    let rec = g.translate(&y, &c_org, NormStats::PerImageFrozen, cfg.precision);
-                    let f = clf.features(&y, false);
-                    let pred = clf.predict(j, &clf.logits(j, &f));
-                    fake.push(f.to_device(Device::Cpu));
-                    let trg = c.narrow(1, offsets[j], dj.dim());
-                    let acc = &mut accs[t];
-                    acc.pairs += n as usize;
-                    let hit = pred.select(1, i as i64).eq_tensor(&trg.select(1, i as i64));
-                    acc.correct += hit.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
-                    if dj.kind == LabelKind::MultiLabel {
-                        acc.all_pairs += n as usize;
-                        let all = pred.eq_tensor(&trg).all_dim(1, false);
-                        acc.all_correct += all.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
-                    }
-                    acc.rec += per_image(&(&x - &rec).abs().mean_dim(&[1i64, 2, 3][..], false, Kind::Float))?
-                        .iter()
-                        .sum::<f64>();
-                    let mut truth_img = None;
-                    if let (Some(samples), Some(split)) = (&samples, splits[j]) {
-                        let v: Vec<f32> = Vec::try_from(trg.to_device(Device::Cpu).contiguous().view([-1]))?;
-                        let (truth, valid) =
-                            render_truth(hb_size(&x), samples, split, &v, dj.dim() as usize)?;
-                        let truth = truth.to_device(device);
-                        let (l1, psnr) = errors(&y, &truth)?;
-                        let (id_l1, id_psnr) = errors(&x, &truth)?;
-                        for r in (0..valid.len()).filter(|&r| valid[r]) {
-                            acc.gt_pairs += 1;
-                            acc.gt_l1 += l1[r];
-                            acc.gt_psnr += psnr[r];
-                            acc.id_l1 += id_l1[r];
-                            acc.id_psnr += id_psnr[r];
-                        }
-                        truth_img = Some(truth);
-                    }
+                    let (y, truth) = score(
+                        &batch,
+                        layout,
+                        clf,
+                        g,
+                        c,
+                        target_of[t],
+                        splits[target_of[t].0],
+                        &mut accs[t],
+                        &mut fake,
+                    )?;
                     if b == 0 {
                         grid_cols[t + 1].push(y.narrow(0, 0, rows).to_device(Device::Cpu));
-                        let tcol = truth_img.unwrap_or_else(|| y.zeros_like());
+                        let tcol = truth.unwrap_or_else(|| y.zeros_like());
                         truth_cols[t + 1].push(tcol.narrow(0, 0, rows).to_device(Device::Cpu));
                     }
                 }
@@ -813,60 +838,113 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
     }
     let overall_cfd = frechet_distance(&Tensor::cat(&all_real, 0), &Tensor::cat(&all_fake, 0));
     let overall = total.summary(any_truth, overall_cfd);
-    let translate_seconds = t_tr.elapsed().as_secs_f64();
+    Ok(Measured { datasets, overall, any_truth, grid_cols, truth_cols })
+}
 
-    // Files.
+/// One batch of test images of data set `k`, with the built-in data's latent samples if any.
+struct EvalBatch<'a> {
+    k: usize,
+    x: &'a Tensor,
+    label: &'a Tensor,
+    samples: Option<&'a [(Content, Labels)]>,
+}
+
+/// Translate a batch to one target `c` (label `i` of data set `j`) and add its scores to `acc`:
+/// the judge's verdict, the reconstruction error, the ground-truth error where the built-in data
+/// has one. Returns the translations and the ground truth.
+#[allow(clippy::too_many_arguments)]
+fn score(
+    b: &EvalBatch<'_>,
+    layout: &LabelLayout,
+    clf: &Classifier,
+    g: &dyn Translator,
+    c: &Tensor,
+    (j, i): (usize, usize),
+    split: Option<LabelSet>,
+    acc: &mut Acc,
+    fake: &mut Vec<Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (x, n) = (b.x, b.x.size()[0] as usize);
+    let dj = &layout.domains[j];
+    let c_org = layout.condition(b.k, b.label);
+    let y = g.translate(x, c);
+    let rec = g.translate(&y, &c_org);
+    let f = clf.features(&y, false);
+    let pred = clf.predict(j, &clf.logits(j, &f));
+    fake.push(f.to_device(Device::Cpu));
+    let offset: i64 = layout.domains[..j].iter().map(|d| d.dim()).sum();
+    let trg = c.narrow(1, offset, dj.dim());
+    acc.pairs += n;
+    let hit = pred.select(1, i as i64).eq_tensor(&trg.select(1, i as i64));
+    acc.correct += hit.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+    if dj.kind == LabelKind::MultiLabel {
+        acc.all_pairs += n;
+        let all = pred.eq_tensor(&trg).all_dim(1, false);
+        acc.all_correct += all.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+    }
+    acc.rec +=
+        per_image(&(x - &rec).abs().mean_dim(&[1i64, 2, 3][..], false, Kind::Float))?.iter().sum::<f64>();
+    let (Some(samples), Some(split)) = (b.samples, split) else {
+        return Ok((y, None));
+    };
+    let v: Vec<f32> = Vec::try_from(trg.to_device(Device::Cpu).contiguous().view([-1]))?;
+    let (truth, valid) = render_truth(hb_size(x), samples, split, &v, dj.dim() as usize)?;
+    let truth = truth.to_device(x.device());
+    let (l1, psnr) = errors(&y, &truth)?;
+    let (id_l1, id_psnr) = errors(x, &truth)?;
+    for r in (0..valid.len()).filter(|&r| valid[r]) {
+        acc.gt_pairs += 1;
+        acc.gt_l1 += l1[r];
+        acc.gt_psnr += psnr[r];
+        acc.id_l1 += id_l1[r];
+        acc.id_psnr += id_psnr[r];
+    }
+    Ok((y, Some(truth)))
+}
+
+/// The grids and the report (its JSON and Markdown are written by the caller).
+fn write_report(
+    opts: &EvalOptions,
+    parts: &Parts,
+    classifier: ClassifierReport,
+    m: Measured,
+    iteration: Option<u64>,
+) -> Result<EvalReport> {
+    let cfg = &opts.data;
     let out = &opts.out;
     let grid_path = out.join("grid.png");
     let stack = |cols: &[Vec<Tensor>]| -> Vec<Tensor> { cols.iter().map(|c| Tensor::cat(c, 0)).collect() };
-    image_io::save_png(&grid_path, &image_io::grid(&stack(&grid_cols)))?;
+    image_io::save_png(&grid_path, &image_io::grid(&stack(&m.grid_cols)))?;
     let truth_path = out.join("grid-truth.png");
-    let grid_truth = if any_truth {
-        image_io::save_png(&truth_path, &image_io::grid(&stack(&truth_cols)))?;
+    let grid_truth = if m.any_truth {
+        image_io::save_png(&truth_path, &image_io::grid(&stack(&m.truth_cols)))?;
         Some(truth_path.display().to_string())
     } else {
         None
     };
-    let json_path = out.join("eval.json");
-    let md_path = out.join("report.md");
-    let report = EvalReport {
+    Ok(EvalReport {
         checkpoint: opts.checkpoint.display().to_string(),
-        iteration: meta.as_ref().map(|m| m.iteration),
+        iteration,
         data: DataSummary {
-            dataset: cfg.dataset,
-            synthetic_split: (cfg.dataset == DatasetKind::Synthetic).then_some(cfg.synthetic_split),
-            image_size: cfg.image_size,
+            dataset: cfg.data.dataset,
+            synthetic_split: (cfg.data.dataset == DatasetKind::Synthetic).then_some(cfg.data.synthetic_split),
+            image_size: cfg.data.image_size,
             seed: cfg.seed,
-            layout: layout.clone(),
+            layout: parts.layout.clone(),
         },
-        device: format!("{device:?}"),
+        device: format!("{:?}", opts.device),
         max_images: opts.max_images,
-        classifier: ClassifierReport {
-            path: clf_path.display().to_string(),
-            loaded: clf_loaded,
-            iterations: opts.classifier_iters,
-            train_seconds: stats.as_ref().map(|s| s.seconds),
-            final_loss: stats.as_ref().map(|s| s.final_loss),
-            layers: clf.layers(),
-            feature_dim: classifier::FEATURES,
-            held_out,
-        },
-        datasets,
-        overall,
+        classifier,
+        datasets: m.datasets,
+        overall: m.overall,
         files: Files {
-            json: json_path.display().to_string(),
-            report: md_path.display().to_string(),
+            json: out.join("eval.json").display().to_string(),
+            report: out.join("report.md").display().to_string(),
             grid: grid_path.display().to_string(),
             grid_truth,
         },
-        seconds: Timings { classifier: classifier_seconds, translate: translate_seconds, total: 0.0 },
-    };
-    let mut report = report;
-    report.seconds.total = t0.elapsed().as_secs_f64();
-    let json = serde_json::to_string_pretty(&report).expect("the report serialises");
-    checkpoint::write_atomic(&json_path, json.as_bytes())?;
-    checkpoint::write_atomic(&md_path, report::markdown(&report).as_bytes())?;
-    Ok(report)
+        seconds: Timings { classifier: 0.0, translate: 0.0, total: 0.0 },
+    })
 }
 
 fn hb_size(x: &Tensor) -> u32 {

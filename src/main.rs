@@ -68,7 +68,7 @@ fn run(cli: Cli) -> Result<()> {
                 Outcome::Finished { iterations } => {
                     println!(
                         "trained {iterations} iterations; checkpoints in {}",
-                        cfg.model_save_dir.display()
+                        cfg.output.model_save_dir.display()
                     )
                 }
                 Outcome::Interrupted { iteration, checkpoint } => println!(
@@ -81,7 +81,7 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = args.resolve()?;
             set_threads(cfg.threads);
             let n = stargan::cli::test::test(&cfg)?;
-            println!("translated {n} test images into {}", cfg.result_dir.display());
+            println!("translated {n} test images into {}", cfg.output.result_dir.display());
         }
         Command::Synth(args) => {
             let written = stargan::cli::synth::synth(&args)?;

@@ -5,17 +5,61 @@
 //! makes resuming trivial: iteration k of a resumed run draws exactly what iteration k of an
 //! uninterrupted run drew, with no generator state to save.
 
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny generator with good statistical quality, used here
-/// both to mix keys and as the stream itself.
+/// SplitMix64 (Steele, Lea, Flood 2014): a tiny generator with good statistical quality, fixed
+/// forever (so no stream depends on a crate version). [`Stream`] and the built-in data's samplers
+/// are built on it.
 #[derive(Debug, Clone)]
-pub struct Stream {
-    state: u64,
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix(self.0)
+    }
+
+    /// Uniform in [0, 1) with 24 random bits (exactly representable as f32).
+    pub fn uniform_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
 }
 
-fn mix(mut z: u64) -> u64 {
+/// The SplitMix64 finaliser: a stateless 64-bit mixer, also used to derive keys and per-pixel noise.
+pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// A counter-keyed SplitMix64 stream.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    inner: SplitMix64,
+}
+
+/// 64-bit FNV-1a: a hash that is the same on every platform and Rust version, for names and ids
+/// that must not change between runs (cache file names, serialization ids).
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv1a(pub u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// The hash of one string.
+    pub fn of(text: &str) -> u64 {
+        let mut h = Fnv1a::default();
+        h.write(text.as_bytes());
+        h.0
+    }
 }
 
 /// What a stream is drawn for; keeps streams of different purposes independent.
@@ -37,17 +81,16 @@ impl Stream {
         for &c in counters {
             h = mix(h ^ c.wrapping_add(0x2545_f491_4f6c_dd1d));
         }
-        Self { state: h }
+        Self { inner: SplitMix64(h) }
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.state)
+        self.inner.next_u64()
     }
 
     /// Uniform in [0, 1) with 24 random bits (exactly representable as f32).
     pub fn uniform_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        self.inner.uniform_f32()
     }
 
     /// Uniform integer in [0, n), unbiased (Lemire's multiply-and-reject).

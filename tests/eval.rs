@@ -3,8 +3,14 @@
 
 mod common;
 
-use stargan::config::{DatasetKind, SyntheticSplit, TrainConfig};
-use stargan::eval::{evaluate, frechet_distance, EvalOptions, EvalReport};
+use stargan::config::{DatasetKind, SyntheticLabels, TrainConfig};
+use stargan::data::source::{render_into, Source};
+use stargan::data::synthetic::{CelebaLabels, Content, Labels};
+use stargan::eval::{
+    evaluate, evaluate_data, frechet_distance, EvalData, EvalOptions, EvalReport, Translator,
+};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
@@ -15,19 +21,16 @@ fn scratch(name: &str) -> PathBuf {
 
 /// The shared tiny configuration, trained for 4 iterations (G updated twice), logging every 2.
 fn tiny(dir: &Path) -> TrainConfig {
-    TrainConfig {
-        num_iters_decay: 2,
-        log_step: 2,
-        sample_step: 4,
-        model_save_step: 4,
-        use_tensorboard: false,
-        ..common::tiny_config(dir, 4)
-    }
+    let mut cfg = common::tiny_config(dir, 4);
+    cfg.optim.num_iters_decay = 2;
+    let out = &mut cfg.output;
+    (out.log_step, out.sample_step, out.model_save_step, out.use_tensorboard) = (2, 4, 4, false);
+    cfg
 }
 
 fn train(cfg: &TrainConfig) -> PathBuf {
     stargan::train::train(cfg).expect("tiny training run");
-    let path = stargan::checkpoint::native::path_for(&cfg.model_save_dir, cfg.num_iters);
+    let path = stargan::checkpoint::native::path_for(&cfg.output.model_save_dir, cfg.optim.num_iters);
     assert!(path.is_file(), "{} was not written", path.display());
     path
 }
@@ -61,7 +64,6 @@ fn check(r: &EvalReport, out: &Path, targets: usize, ground_truth: bool) {
     }
     for s in totals.chain(r.datasets.iter().flat_map(|d| d.targets.iter().map(|t| &t.summary))) {
         unit(s.accuracy, "accuracy");
-        assert!((s.accuracy + s.error - 1.0).abs() < 1e-12);
         if let Some(a) = s.all_correct {
             unit(a, "all-correct");
         }
@@ -136,7 +138,7 @@ fn synthetic_celeba_metrics_files_and_cache() {
     assert!(!first.classifier.loaded, "nothing cached yet");
     assert_eq!(first.iteration, Some(4));
     assert!(Path::new(&first.classifier.path).is_file(), "the classifier is cached");
-    assert!(first.classifier.path.starts_with(cfg.model_save_dir.to_str().unwrap()));
+    assert!(first.classifier.path.starts_with(cfg.output.model_save_dir.to_str().unwrap()));
     check(&first, &dir.join("eval1"), 5, true);
     assert_eq!(first.datasets[0].images, 16);
 
@@ -174,7 +176,8 @@ fn synthetic_celeba_metrics_files_and_cache() {
 #[test]
 fn joint_synthetic_layout() {
     let dir = scratch("joint");
-    let cfg = TrainConfig { synthetic_split: SyntheticSplit::Both, ..tiny(&dir) };
+    let mut cfg = tiny(&dir);
+    cfg.data.synthetic_split = SyntheticLabels::Both;
     let ckpt = train(&cfg);
     let out = dir.join("eval");
     let r = evaluate(&options(&ckpt, &cfg, &out)).expect("evaluation");
@@ -212,7 +215,8 @@ fn class_folders_without_a_test_split() {
             img.save(images.join(name).join(format!("{i:02}.png"))).unwrap();
         }
     }
-    let cfg = TrainConfig { dataset: DatasetKind::Folder, image_dir: Some(images), ..tiny(&dir) };
+    let mut cfg = tiny(&dir);
+    (cfg.data.dataset, cfg.data.image_dir) = (DatasetKind::Folder, Some(images));
     let ckpt = train(&cfg);
     let out = dir.join("eval");
     let r = evaluate(&options(&ckpt, &cfg, &out)).expect("evaluation");
@@ -220,4 +224,97 @@ fn class_folders_without_a_test_split() {
     let h = &r.classifier.held_out[0];
     assert_eq!(h.images, 2, "a tenth of 20 images is held out of the judge's training");
     assert!(h.held_out_from.contains("no separate test split"), "{}", h.held_out_from);
+}
+
+/// G = identity: every translation is its input.
+struct Identity;
+
+impl Translator for Identity {
+    fn translate(&self, x: &Tensor, _: &Tensor) -> Tensor {
+        x.shallow_clone()
+    }
+}
+
+/// The perfect generator of the built-in data: it recognises each image it is given (a test image,
+/// or one it rendered) and renders the same face with the target labels.
+struct Oracle {
+    size: u32,
+    known: RefCell<HashMap<Vec<u8>, (Content, Labels)>>,
+}
+
+fn key(x: &Tensor) -> Vec<u8> {
+    let v: Vec<f32> = Vec::try_from(x.contiguous().view([-1])).unwrap();
+    v.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+impl Translator for Oracle {
+    fn translate(&self, x: &Tensor, c: &Tensor) -> Tensor {
+        let per = 3 * (self.size * self.size) as usize;
+        let mut rows = Vec::new();
+        for r in 0..x.size()[0] {
+            let (content, labels) = self.known.borrow()[&key(&x.get(r))].clone();
+            let v: Vec<f32> = Vec::try_from(c.get(r).contiguous()).unwrap();
+            let labels = labels.with_celeba(CelebaLabels::from_vector(&v).expect("a complete target"));
+            let mut out = vec![0f32; per];
+            render_into(self.size, &content, &labels, &mut out).unwrap();
+            let s = self.size as i64;
+            let y = Tensor::from_slice(&out).view([3, s, s]);
+            self.known.borrow_mut().insert(key(&y), (content.clone(), labels));
+            rows.push(y);
+        }
+        Tensor::stack(&rows, 0)
+    }
+}
+
+/// The metrics themselves, on generators whose answers are known: an oracle scores the judge's own
+/// accuracy with a perfect (capped) PSNR and no reconstruction error; the identity scores the
+/// untranslated baseline exactly and is "right" only where a target repeats the input's label.
+#[test]
+fn identity_and_oracle_generators_score_what_they_must() {
+    let dir = scratch("oracle");
+    let cfg = tiny(&dir);
+    let data = EvalData::open(&cfg).unwrap();
+    let mut opts = options(&dir.join("none"), &cfg, &dir.join("out"));
+    // A judge good enough that its mistakes do not blur the comparison.
+    opts.classifier_iters = 300;
+    let test = data.test_source(0).as_synthetic().expect("built-in data");
+    let size = test.image_size();
+    let mut known = HashMap::new();
+    let mut buf = vec![0f32; 3 * (size * size) as usize];
+    for i in 0..opts.max_images {
+        test.load(i, false, &mut buf).unwrap();
+        known.insert(key(&Tensor::from_slice(&buf)), test.sample(i));
+    }
+    let oracle = Oracle { size, known: RefCell::new(known) };
+    let o = evaluate_data(&opts, &data, &oracle, None).expect("oracle evaluation");
+    let judge = o.classifier.held_out[0].accuracy;
+    assert!(judge >= 0.9, "the judge learned the data: {judge}");
+    let gt = o.overall.ground_truth.as_ref().expect("ground truth");
+    assert_eq!(gt.pairs, o.overall.pairs, "every target of the built-in data has a ground truth");
+    assert_eq!(gt.l1, 0.0, "{gt:?}");
+    assert_eq!(gt.psnr_db, 100.0, "the PSNR cap: {gt:?}");
+    assert_eq!(o.overall.reconstruction_l1, 0.0);
+    assert!((o.overall.accuracy - judge).abs() <= 0.1, "oracle {} vs judge {judge}", o.overall.accuracy);
+
+    let id = evaluate_data(&opts, &data, &Identity, None).expect("identity evaluation");
+    let gt = id.overall.ground_truth.as_ref().expect("ground truth");
+    assert_eq!(gt.l1, gt.identity_l1);
+    assert_eq!(gt.psnr_db, gt.identity_psnr_db);
+    assert_eq!(id.overall.reconstruction_l1, 0.0);
+    // The fraction of (image, target) pairs whose target label is the image's own: one of the three
+    // hair colours, never a flip.
+    let layout = data.layout();
+    let names = layout.test_target_names();
+    let mut same = 0;
+    for i in 0..opts.max_images {
+        let v = test.sample(i).1.celeba().to_vector();
+        for (t, name) in names.iter().enumerate() {
+            same += usize::from(!name.starts_with("flip-") && v[t] == 1.0);
+        }
+    }
+    let want = same as f64 / (opts.max_images * names.len()) as f64;
+    assert!((id.overall.accuracy - want).abs() <= 0.1, "identity {} vs {want}", id.overall.accuracy);
+    for t in id.datasets[0].targets.iter().filter(|t| t.target.starts_with("flip-")) {
+        assert!(t.summary.accuracy <= 0.15, "an unflipped image passes as flipped: {t:?}");
+    }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::tiny_config;
 use stargan::checkpoint::{native, read_tensors};
-use stargan::config::TrainConfig;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -162,7 +162,7 @@ fn bf16_training_keeps_fp32_state_and_tests_in_bf16() {
     let config = std::fs::read_to_string(dir.join("models/config.toml")).unwrap();
     assert!(config.contains("precision = \"bf16\""), "{config}");
     let ck = native::load(&native::path_for(&dir.join("models"), 2)).unwrap();
-    assert_eq!(ck.meta.config.precision, stargan::precision::Precision::Bf16);
+    assert_eq!(ck.meta.config.optim.precision, stargan::precision::Precision::Bf16);
     let file = read_tensors(&native::path_for(&dir.join("models"), 2)).unwrap();
     for (name, t) in &file.tensors {
         if t.kind() == tch::Kind::Int64 {
@@ -184,12 +184,17 @@ fn resuming_is_bit_identical_to_training_straight_through() {
     let straight = scratch("straight");
     // A constant learning rate: the decay schedule depends on --num-iters, which differs between
     // the legs here (the schedule itself is a pure function of the iteration, tested in `config`).
-    let constant = |dir: &Path, iters| TrainConfig { num_iters_decay: 0, ..tiny_config(dir, iters) };
+    let constant = |dir: &Path, iters| {
+        let mut cfg = tiny_config(dir, iters);
+        cfg.optim.num_iters_decay = 0;
+        cfg
+    };
     stargan::train::train(&constant(&straight, 2 * k)).unwrap();
     let split = scratch("split");
     stargan::train::train(&constant(&split, k)).unwrap();
     // The second half: a new configuration object, as a new process would have.
-    let resumed = TrainConfig { resume_iters: Some("latest".into()), ..constant(&split, 2 * k) };
+    let mut resumed = constant(&split, 2 * k);
+    resumed.optim.resume_iters = Some("latest".into());
     stargan::train::train(&resumed).unwrap();
     let a = read_tensors(&native::path_for(&straight.join("models"), 2 * k)).unwrap();
     let b = read_tensors(&native::path_for(&split.join("models"), 2 * k)).unwrap();
@@ -208,7 +213,8 @@ fn resuming_is_bit_identical_to_training_straight_through() {
 #[test]
 fn logs_are_readable_by_tensorboard_and_as_json_lines() {
     let dir = scratch("logs");
-    let cfg = TrainConfig { log_step: 1, sample_step: 2, ..tiny_config(&dir, 2) };
+    let mut cfg = tiny_config(&dir, 2);
+    (cfg.output.log_step, cfg.output.sample_step) = (1, 2);
     stargan::train::train(&cfg).unwrap();
     let events: Vec<_> = std::fs::read_dir(dir.join("logs"))
         .unwrap()

@@ -17,7 +17,6 @@ pub mod torch_pickle;
 
 use crate::model::{DiscriminatorConfig, GeneratorConfig};
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 use torch_pickle::{DType, RawTensor};
@@ -140,6 +139,27 @@ fn read_safetensors(path: &Path) -> Result<TensorFile, CheckpointError> {
     Ok(TensorFile { tensors, metadata: meta.metadata().clone().unwrap_or_default() })
 }
 
+/// The string metadata of a safetensors file, reading only its header (not its tensors).
+pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
+    use std::io::Read;
+    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+    let bad = |reason: String| CheckpointError::Safetensors { path: path.to_path_buf(), reason };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(io)?;
+    let n = u64::from_le_bytes(len);
+    // safetensors itself refuses headers over 100 MB.
+    if n > 100_000_000 {
+        return Err(bad(format!("implausible header length {n}")));
+    }
+    let mut head = vec![0u8; n as usize];
+    f.read_exact(&mut head).map_err(io)?;
+    // The crate's own header type (its `read_metadata` also wants the tensor bytes, to check them).
+    let meta: safetensors::tensor::Metadata =
+        serde_json::from_slice(&head).map_err(|e| bad(e.to_string()))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
 fn kind_to_st(kind: Kind) -> safetensors::Dtype {
     use safetensors::Dtype as D;
     match kind {
@@ -186,23 +206,10 @@ impl safetensors::View for &Owned {
     }
 }
 
-/// Write `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let err = |source| CheckpointError::Write { path: path.to_path_buf(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+/// [`crate::files::write_atomic`] with the checkpoint's error.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    crate::files::write_atomic(path, bytes)
+        .map_err(|source| CheckpointError::Write { path: path.to_path_buf(), source })
 }
 
 /// Write named tensors (and string metadata) as one safetensors file, atomically.

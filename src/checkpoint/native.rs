@@ -10,8 +10,8 @@
 use super::{read_tensors, strip_prefix, write_safetensors, CheckpointError, TensorFile};
 use crate::config::TrainConfig;
 use crate::labels::LabelLayout;
-use crate::model::{DiscriminatorConfig, GeneratorConfig};
-use crate::train::StarGan;
+use crate::model::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig};
+use crate::optim::Adam;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,9 +46,18 @@ pub fn latest(dir: &Path) -> Option<u64> {
         .max()
 }
 
+/// What a training checkpoint holds of a run: both networks, their optimisers, the labels.
+pub struct Nets<'a> {
+    pub g: &'a Generator,
+    pub d: &'a Discriminator,
+    pub g_opt: &'a Adam,
+    pub d_opt: &'a Adam,
+    pub layout: &'a LabelLayout,
+}
+
 pub fn save(
     path: &Path,
-    model: &StarGan,
+    model: Nets<'_>,
     iteration: u64,
     config: &TrainConfig,
 ) -> Result<(), CheckpointError> {
@@ -73,7 +82,10 @@ pub fn save(
     ] {
         tensors.extend(entries.into_iter().map(|(k, t)| (format!("{prefix}{k}"), t)));
     }
-    let json = serde_json::to_string(&meta).expect("checkpoint metadata serialises");
+    let json = serde_json::to_string(&meta).map_err(|e| CheckpointError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("cannot represent the training metadata: {e}"),
+    })?;
     write_safetensors(path, &tensors, Some(HashMap::from([(META_KEY.to_string(), json)])))
 }
 
@@ -103,6 +115,16 @@ pub fn meta_of(file: &TensorFile, path: &Path) -> Result<Option<Meta>, Checkpoin
     }
 }
 
+/// The metadata of a training checkpoint, read from its header only (no tensors); `None` for any
+/// other checkpoint.
+pub fn read_meta(path: &Path) -> Result<Option<Meta>, CheckpointError> {
+    if super::sniff(path)? != super::Format::Safetensors {
+        return Ok(None);
+    }
+    let file = TensorFile { tensors: Default::default(), metadata: super::read_safetensors_metadata(path)? };
+    meta_of(&file, path)
+}
+
 pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
     let file = read_tensors(path)?;
     let meta = meta_of(&file, path)?.ok_or_else(|| CheckpointError::Invalid {
@@ -112,22 +134,30 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
     Ok(Loaded { meta, file })
 }
 
-/// Restore weights, optimiser moments and learning rates into `model`.
-pub fn restore(loaded: &Loaded, model: &mut StarGan, path: &Path) -> Result<(), CheckpointError> {
+/// Restore weights, optimiser moments and learning rates into a run's networks and optimisers.
+pub fn restore(
+    loaded: &Loaded,
+    (g, d): (&Generator, &Discriminator),
+    layout: &LabelLayout,
+    g_opt: &mut Adam,
+    d_opt: &mut Adam,
+    path: &Path,
+) -> Result<(), CheckpointError> {
     let invalid = |reason: String| CheckpointError::Invalid { path: path.to_path_buf(), reason };
-    if loaded.meta.layout != model.layout {
+    if loaded.meta.layout != *layout {
         return Err(invalid(format!(
             "its labels ({}) differ from this run's ({})",
             loaded.meta.layout.describe(),
-            model.layout.describe()
+            layout.describe()
         )));
     }
-    model.g.weights.load(&loaded.generator()).map_err(|e| invalid(e.to_string()))?;
-    model.d.weights.load(&loaded.discriminator()).map_err(|e| invalid(e.to_string()))?;
+    g.weights.load(&loaded.generator()).map_err(|e| invalid(e.to_string()))?;
+    d.weights.load(&loaded.discriminator()).map_err(|e| invalid(e.to_string()))?;
     let t = &loaded.file.tensors;
     let get = |prefix: &'static str| move |k: &str| t.get(&format!("{prefix}{k}")).map(|t| t.shallow_clone());
-    model.g_opt.load_state(loaded.meta.g_adam_step, get("G_opt.")).map_err(invalid)?;
-    model.d_opt.load_state(loaded.meta.d_adam_step, get("D_opt.")).map_err(invalid)?;
-    model.set_lr(loaded.meta.g_lr, loaded.meta.d_lr);
+    g_opt.load_state(loaded.meta.g_adam_step, get("G_opt.")).map_err(invalid)?;
+    d_opt.load_state(loaded.meta.d_adam_step, get("D_opt.")).map_err(invalid)?;
+    g_opt.lr = loaded.meta.g_lr;
+    d_opt.lr = loaded.meta.d_lr;
     Ok(())
 }

@@ -39,6 +39,7 @@ use std::io::{self, BufWriter, Cursor, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use crate::rng::Fnv1a;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
@@ -1343,8 +1344,8 @@ fn write_archive<W: Write + Seek>(
     }
     add(&mut zip, "version", b"3\n")?;
     // torch derives a 40-digit id from the record names and contents; any stable id serves.
-    let mut names = Fnv::default();
-    let mut contents = Fnv::default();
+    let mut names = Fnv1a::default();
+    let mut contents = Fnv1a::default();
     names.write(archive_name.as_bytes());
     contents.write(&pickle);
     for (name, t) in tensors {
@@ -1354,23 +1355,6 @@ fn write_archive<W: Write + Seek>(
     let id = format!("{:020}{:020}", names.0, contents.0);
     add(&mut zip, ".data/serialization_id", id.as_bytes())?;
     zip.finish()
-}
-
-/// 64-bit FNV-1a, for the serialization id.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }
 
 /// Emits protocol-2 pickle opcodes with the memo behaviour of CPython's `pickle.Pickler`, so

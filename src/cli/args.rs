@@ -1,7 +1,7 @@
 //! `stargan train` / `stargan test` flags: the reference's flags in kebab-case, every one optional,
 //! layered over the dataset's defaults and a `--config` file.
 
-use crate::config::{DatasetKind, DeviceChoice, LrDecay, SyntheticSplit, TrainConfig};
+use crate::config::{DatasetKind, DeviceChoice, LrDecay, Precision, StepMode, SyntheticLabels, TrainConfig};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -99,12 +99,12 @@ pub struct RunArgs {
     /// `reference` (the authors' operation order, bit-identical results).
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub step_mode: Option<crate::train::StepMode>,
+    pub step_mode: Option<StepMode>,
     /// `fp32`, or `bf16` through autocast (convolutions in bf16 on bf16 copies of the weights;
     /// weights, gradients and Adam stay fp32), as torch.autocast does for the reference.
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub precision: Option<crate::precision::Precision>,
+    pub precision: Option<Precision>,
     /// Seed of every random choice (initialisation, batches, flips, targets).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -153,7 +153,7 @@ pub struct RunArgs {
     /// `--dataset synthetic`: which label sets.
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub synthetic_split: Option<SyntheticSplit>,
+    pub synthetic_split: Option<SyntheticLabels>,
     /// Drop images listed in the attribute file but missing on disk instead of failing.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -190,48 +190,30 @@ pub struct RunArgs {
     pub save_reference_format: bool,
 }
 
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        base.insert(k, v);
-    }
-}
-
 impl RunArgs {
+    /// The settings given as flags, by their snake_case names.
+    pub fn flags(&self) -> Result<toml::Table> {
+        toml::Table::try_from(self).map_err(|e| Error::Internal(format!("cannot represent the flags: {e}")))
+    }
+
+    /// The `--config` file's settings, if one was given.
+    pub fn file(&self) -> Result<Option<(&std::path::Path, toml::Table)>> {
+        self.config.as_deref().map(|p| Ok((p, TrainConfig::read_table(p)?))).transpose()
+    }
+
     /// Defaults for the chosen dataset, then the `--config` file, then the flags.
     pub fn resolve(&self) -> Result<TrainConfig> {
-        let file: toml::Table = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| Error::Read { path: path.clone(), source })?;
-                toml::from_str(&text)
-                    .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?
-            }
-            None => toml::Table::new(),
-        };
-        let flags = toml::Table::try_from(self).map_err(|e| Error::Config(e.to_string()))?;
-        let dataset =
-            flags.get("dataset").or_else(|| file.get("dataset")).and_then(|v| v.as_str()).map(str::to_owned);
-        let base = match dataset.as_deref() {
+        let file = self.file()?;
+        let flags = self.flags()?;
+        let dataset = flags
+            .get("dataset")
+            .or_else(|| file.as_ref().and_then(|(_, t)| t.get("dataset")))
+            .and_then(|v| v.as_str());
+        let base = match dataset {
             None | Some("synthetic") => TrainConfig::synthetic_default(),
             Some(_) => TrainConfig::default(),
         };
-        let mut table = toml::Table::try_from(&base).map_err(|e| Error::Config(e.to_string()))?;
-        merge(&mut table, file);
-        merge(&mut table, flags);
-        let cfg: TrainConfig = table.try_into().map_err(|e: toml::de::Error| {
-            let src = self.config.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default();
-            Error::Config(format!("{src}{}", e.message().trim()))
-        })?;
-        let uses_celeba = matches!(cfg.dataset, DatasetKind::Celeba | DatasetKind::Both);
-        if uses_celeba && cfg.c_dim != cfg.selected_attrs.len() as i64 {
-            return Err(Error::Config(format!(
-                "--c-dim {} does not match the {} --selected-attrs ({})",
-                cfg.c_dim,
-                cfg.selected_attrs.len(),
-                cfg.selected_attrs.join(" ")
-            )));
-        }
-        Ok(cfg)
+        TrainConfig::layered(&base, file, flags)
     }
 }
 
@@ -247,13 +229,13 @@ mod tests {
         std::fs::write(&file, "dataset = \"rafd\"\nbatch_size = 7\nn_critic = 3\n").unwrap();
         let args = RunArgs { config: Some(file), batch_size: Some(9), ..Default::default() };
         let cfg = args.resolve().unwrap();
-        assert_eq!(cfg.dataset, DatasetKind::Rafd);
-        assert_eq!(cfg.batch_size, 9, "flag wins");
-        assert_eq!(cfg.n_critic, 3, "file wins over default");
-        assert_eq!(cfg.image_size, 128, "reference default for real datasets");
+        assert_eq!(cfg.data.dataset, DatasetKind::Rafd);
+        assert_eq!(cfg.optim.batch_size, 9, "flag wins");
+        assert_eq!(cfg.optim.n_critic, 3, "file wins over default");
+        assert_eq!(cfg.data.image_size, 128, "reference default for real datasets");
         let cfg = RunArgs::default().resolve().unwrap();
-        assert_eq!(cfg.dataset, DatasetKind::Synthetic);
-        assert_eq!(cfg.image_size, TrainConfig::synthetic_default().image_size);
+        assert_eq!(cfg.data.dataset, DatasetKind::Synthetic);
+        assert_eq!(cfg.data.image_size, TrainConfig::synthetic_default().data.image_size);
     }
 
     #[test]

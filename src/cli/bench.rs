@@ -2,14 +2,14 @@
 //! `--reference PYTHON`, the PyTorch reference (`bench/reference.py`) on the same work, interleaved
 //! round by round (ours, theirs, ours, theirs ...) so that drift in the machine's speed hits both.
 
-use crate::config::TrainConfig;
+use crate::config::{ModelConfig, TrainConfig};
 use crate::data::source::Source;
+use crate::data::transform::from_chw_normalized;
 use crate::data::transform::Pipeline;
 use crate::error::{Error, Result};
 use crate::labels::{celeba_domain, LabelLayout, DEFAULT_CELEBA_ATTRS};
 use crate::model::NormStats;
 use crate::precision::Precision;
-use crate::train::run::build_model;
 use crate::train::{Batch, StarGan, StepMode};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -124,17 +124,17 @@ fn model(args: &BenchArgs, device: Device) -> StarGan {
     let attrs: Vec<String> = (0..args.c_dim)
         .map(|i| DEFAULT_CELEBA_ATTRS.get(i as usize).map_or(format!("attr{i}"), |s| s.to_string()))
         .collect();
-    let cfg = TrainConfig {
-        image_size: args.image_size,
+    let mut cfg = TrainConfig { seed: 1234, ..TrainConfig::default() };
+    cfg.data.image_size = args.image_size;
+    cfg.model = ModelConfig {
         g_conv_dim: args.g_conv_dim,
         d_conv_dim: args.d_conv_dim,
         g_repeat_num: args.g_repeat_num,
         d_repeat_num: args.d_repeat_num,
-        seed: 1234,
-        precision: args.precision,
-        ..TrainConfig::default()
+        ..ModelConfig::default()
     };
-    build_model(&cfg, LabelLayout::single(celeba_domain(&attrs)), device)
+    cfg.optim.precision = args.precision;
+    StarGan::from_config(&cfg, LabelLayout::single(celeba_domain(&attrs)), device)
 }
 
 fn batch(args: &BenchArgs, device: Device) -> Batch {
@@ -203,10 +203,10 @@ fn ours(what: &str, args: &BenchArgs, device: Device, images: &[PathBuf]) -> Res
                     cols.push(m.g.translate(&b.x, c, NormStats::PerImageFrozen, args.precision));
                 }
                 let grid = crate::image_io::grid(&cols);
-                let _ = crate::image_io::quantize(&grid);
+                let _ = crate::image_io::to_rgb8(&grid);
             })
         }
-        other => return Err(Error::Config(format!("--what: unknown measurement `{other}`"))),
+        other => return Err(Error::Input(format!("--what: unknown measurement `{other}`"))),
     })
 }
 
@@ -241,7 +241,7 @@ fn loader_images(dir: Option<&Path>) -> Result<Vec<PathBuf>> {
             let d = std::env::temp_dir().join("stargan-bench-jpegs");
             if !d.join("000256.jpg").exists() {
                 let src = crate::data::source::SyntheticSource::new(
-                    crate::data::synthetic::SyntheticSplit::Celeba,
+                    crate::data::synthetic::LabelSet::Celeba,
                     0,
                     false,
                     218,
@@ -249,19 +249,14 @@ fn loader_images(dir: Option<&Path>) -> Result<Vec<PathBuf>> {
                 let mut buf = vec![0f32; 3 * 218 * 218];
                 for i in 0..256 {
                     src.load(i, false, &mut buf)?;
-                    let mut rgb = Vec::with_capacity(178 * 218 * 3);
-                    for y in 0..218 {
-                        for x in 20..198 {
-                            for c in 0..3 {
-                                rgb.push(((buf[c * 218 * 218 + y * 218 + x] + 1.0) * 127.5).round() as u8);
-                            }
-                        }
-                    }
-                    let mut jpg = Vec::new();
-                    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 95)
-                        .encode(&rgb, 178, 218, image::ExtendedColorType::Rgb8)
-                        .map_err(|e| Error::Config(format!("cannot encode a JPEG: {e}")))?;
-                    crate::checkpoint::write_atomic(&d.join(format!("{:06}.jpg", i + 1)), &jpg)?;
+                    let full = from_chw_normalized(&buf);
+                    let rgb: Vec<u8> =
+                        full.chunks_exact(218 * 3).flat_map(|row| &row[20 * 3..198 * 3]).copied().collect();
+                    let jpg =
+                        crate::image_io::encode_rgb8(&rgb, 178, 218, crate::image_io::ImageFormat::Jpeg)?;
+                    let path = d.join(format!("{:06}.jpg", i + 1));
+                    crate::files::write_atomic(&path, &jpg)
+                        .map_err(|source| Error::Write { path, source })?;
                 }
             }
             d
@@ -302,7 +297,7 @@ fn reference_json(
         .output()
         .map_err(|source| Error::Read { path: python.to_path_buf(), source })?;
     if !out.status.success() {
-        return Err(Error::Config(format!(
+        return Err(Error::Input(format!(
             "reference benchmark failed: {}",
             String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
         )));
@@ -324,7 +319,7 @@ fn reference_run(
     let v = lines
         .iter()
         .find(|v| v["what"] == what)
-        .ok_or_else(|| Error::Config(format!("reference benchmark printed no `{what}` result")))?;
+        .ok_or_else(|| Error::Input(format!("reference benchmark printed no `{what}` result")))?;
     let samples =
         v["samples"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
     Ok((samples, v["peak_rss_mb"].as_f64()))
@@ -370,7 +365,7 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
-        .map_err(|e| Error::Config(e.to_string()))?;
+        .map_err(|e| Error::Internal(format!("cannot start the decoding threads: {e}")))?;
     let images = if args.what.iter().any(|w| w == "loader") {
         loader_images(args.image_dir.as_deref())?
     } else {
@@ -451,8 +446,9 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
         report += "\n";
     }
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&all).map_err(|e| Error::Config(e.to_string()))?;
-        crate::checkpoint::write_atomic(path, text.as_bytes())?;
+        let text = serde_json::to_string_pretty(&all).map_err(|e| Error::Internal(e.to_string()))?;
+        crate::files::write_atomic(path, text.as_bytes())
+            .map_err(|source| Error::Write { path: path.clone(), source })?;
     }
     Ok(report)
 }

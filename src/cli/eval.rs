@@ -11,8 +11,8 @@
 //! the checkpoint's own folder (a training configuration's relative `model_save_dir` names the
 //! folder as seen from where training ran, which need not be the current directory).
 
-use crate::config::TrainConfig;
-use crate::error::{Error, Result};
+use crate::config::{DeviceChoice, TrainConfig};
+use crate::error::Result;
 use crate::eval::{evaluate, training_meta, EvalOptions, EvalReport};
 use std::path::PathBuf;
 
@@ -40,29 +40,13 @@ pub struct EvalArgs {
     pub run: crate::cli::RunArgs,
 }
 
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        base.insert(k, v);
-    }
-}
-
 /// The data configuration of an evaluation (see the module docs).
 pub fn data_config(args: &EvalArgs) -> Result<TrainConfig> {
     let Some(meta) = training_meta(&args.checkpoint)? else {
         return args.run.resolve();
     };
-    let mut table = toml::Table::try_from(&meta.config).map_err(|e| Error::Config(e.to_string()))?;
-    table.insert("device".into(), "auto".into());
-    table.insert("threads".into(), 0.into());
-    if let Some(path) = &args.run.config {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
-        let file: toml::Table = toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
-        merge(&mut table, file);
-    }
-    merge(&mut table, toml::Table::try_from(&args.run).map_err(|e| Error::Config(e.to_string()))?);
-    table.try_into().map_err(|e: toml::de::Error| Error::Config(e.message().trim().to_string()))
+    let base = TrainConfig { device: DeviceChoice::Auto, threads: 0, ..meta.config };
+    TrainConfig::layered(&base, args.run.file()?, args.run.flags()?)
 }
 
 /// The library options for these flags.
@@ -70,7 +54,8 @@ pub fn options(args: &EvalArgs) -> Result<EvalOptions> {
     let mut data = data_config(args)?;
     if args.run.model_save_dir.is_none() {
         if let Some(dir) = args.checkpoint.parent() {
-            data.model_save_dir = if dir.as_os_str().is_empty() { ".".into() } else { dir.to_path_buf() };
+            data.output.model_save_dir =
+                if dir.as_os_str().is_empty() { ".".into() } else { dir.to_path_buf() };
         }
     }
     let mut opts = EvalOptions::new(&args.checkpoint, data)?;

@@ -6,5 +6,6 @@ pub mod eval;
 pub mod synth;
 pub mod test;
 pub mod translate;
+mod values;
 
 pub use args::RunArgs;

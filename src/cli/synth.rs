@@ -2,10 +2,11 @@
 //! (and other tools) can read them: CelebA's `list_attr_celeba.txt` + `images/*.jpg`, or RaFD's
 //! one folder per expression.
 
-use crate::checkpoint::write_atomic;
 use crate::data::source::render_into;
-use crate::data::synthetic::{self, SyntheticSplit};
+use crate::data::synthetic::{self, LabelSet};
+use crate::data::transform::from_chw_normalized;
 use crate::error::{Error, Result};
+use crate::image_io::{self, ImageFormat};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -33,29 +34,23 @@ pub struct SynthArgs {
 }
 
 fn to_jpeg(chw: &[f32], size: u32) -> Result<Vec<u8>> {
-    let plane = (size * size) as usize;
-    let mut rgb = vec![0u8; plane * 3];
-    for p in 0..plane {
-        for c in 0..3 {
-            rgb[p * 3 + c] = ((chw[c * plane + p] + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
-        }
-    }
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
-        .encode(&rgb, size, size, image::ExtendedColorType::Rgb8)
-        .map_err(|e| Error::Config(format!("cannot encode a JPEG: {e}")))?;
-    Ok(out)
+    image_io::encode_rgb8(&from_chw_normalized(chw), size, size, ImageFormat::Jpeg)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::files::write_atomic(path, bytes)
+        .map_err(|source| Error::Write { path: path.to_path_buf(), source })
 }
 
 /// Write `count` images and their labels; returns the files written (the attribute file last).
 pub fn synth(args: &SynthArgs) -> Result<Vec<PathBuf>> {
     if args.count == 0 {
-        return Err(Error::Config("--count must be at least 1".into()));
+        return Err(Error::Input("--count must be at least 1".into()));
     }
-    synthetic::Renderer::new(args.size).map_err(|e| Error::Config(format!("--size: {e}")))?;
+    synthetic::Renderer::new(args.size).map_err(|e| Error::Input(format!("--size: {e}")))?;
     let split = match args.layout {
-        Layout::Celeba => SyntheticSplit::Celeba,
-        Layout::Rafd => SyntheticSplit::Rafd,
+        Layout::Celeba => LabelSet::Celeba,
+        Layout::Rafd => LabelSet::Rafd,
     };
     let plane = (args.size * args.size) as usize;
     let rows: Vec<(PathBuf, synthetic::Labels)> = (0..args.count)
@@ -68,7 +63,7 @@ pub fn synth(args: &SynthArgs) -> Result<Vec<PathBuf>> {
                 Layout::Celeba => Path::new("images").join(format!("{:06}.jpg", i + 1)),
                 Layout::Rafd => Path::new(labels.expression.name()).join(format!("{:06}.jpg", i + 1)),
             };
-            write_atomic(&args.out.join(&rel), &to_jpeg(&chw, args.size)?)?;
+            write(&args.out.join(&rel), &to_jpeg(&chw, args.size)?)?;
             Ok((rel, labels))
         })
         .collect::<Result<_>>()?;
@@ -82,7 +77,7 @@ pub fn synth(args: &SynthArgs) -> Result<Vec<PathBuf>> {
             text.push_str(&format!("{name} {}\n", values.join(" ")));
         }
         let path = args.out.join("list_attr_celeba.txt");
-        write_atomic(&path, text.as_bytes())?;
+        write(&path, text.as_bytes())?;
         written.push(path);
     }
     Ok(written)

@@ -2,57 +2,48 @@
 //! (one grid per batch: rows are inputs, columns the input then each target), plus one image per
 //! (input, target) with a readable name, which the reference's users asked for.
 
+use crate::batch::{images_tensor, labels_tensor};
 use crate::checkpoint::native;
 use crate::config::TrainConfig;
 use crate::data::build::{sources, Part};
 use crate::data::source::Loader;
 use crate::error::{Error, Result};
 use crate::image_io;
+use crate::inference;
 use crate::model::NormStats;
-use crate::train::run::labels_tensor;
 use std::path::PathBuf;
-use tch::Tensor;
 
 /// Write the test translations; returns the number of images translated.
 pub fn test(cfg: &TrainConfig) -> Result<usize> {
     let iteration = match cfg.test_iters {
         Some(n) => n,
-        None => native::latest(&cfg.model_save_dir).ok_or_else(|| {
-            Error::Config(format!(
+        None => native::latest(&cfg.output.model_save_dir).ok_or_else(|| {
+            Error::Input(format!(
                 "no checkpoint in {}; give --model-save-dir or --test-iters",
-                cfg.model_save_dir.display()
+                cfg.output.model_save_dir.display()
             ))
         })?,
     };
     let device = cfg.device.resolve()?;
-    let path = native::path_for(&cfg.model_save_dir, iteration);
-    let ref_path = cfg.model_save_dir.join(format!("{iteration}-G.ckpt"));
-    let (srcs, layout) = sources(cfg, Part::Test)?;
+    let path = native::path_for(&cfg.output.model_save_dir, iteration);
+    let ref_path = cfg.output.model_save_dir.join(format!("{iteration}-G.ckpt"));
+    let (srcs, layout) = sources(&cfg.data, cfg.seed, Part::Test)?;
     let g_path = if path.exists() {
         path
     } else if ref_path.exists() {
         ref_path
     } else {
-        return Err(Error::Config(format!(
+        return Err(Error::Input(format!(
             "no checkpoint for iteration {iteration} in {}",
-            cfg.model_save_dir.display()
+            cfg.output.model_save_dir.display()
         )));
     };
-    // A training checkpoint knows its labels; a reference G only how many it takes.
-    let attrs = layout.domains.iter().flat_map(|d| d.labels.clone()).collect::<Vec<_>>();
-    let loaded = crate::cli::translate::load_generator(&g_path, None, device)?;
-    if (loaded.labels_known && loaded.layout != layout) || loaded.g.config.c_dim != layout.g_dim() {
-        return Err(Error::Config(format!(
-            "{} was trained on other labels than this data set has ({} labels: {})",
-            g_path.display(),
-            layout.g_dim(),
-            attrs.join(", ")
-        )));
-    }
-    let g = loaded.g;
-    let loader = Loader::new(srcs, cfg.batch_size, cfg.seed, false)?;
+    let model = inference::load(&g_path, None, device)?;
+    model.check_fits(&layout, cfg.data.image_size, &g_path)?;
+    let g = model.g;
+    let loader = Loader::new(srcs, cfg.optim.batch_size, cfg.seed, false)?;
     let names = layout.test_target_names();
-    let result_dir = &cfg.result_dir;
+    let result_dir = &cfg.output.result_dir;
     let mut count = 0;
     let mut batch_no = 0;
     // The reference's test_multi translates CelebA images only; we translate every dataset's.
@@ -60,13 +51,12 @@ pub fn test(cfg: &TrainConfig) -> Result<usize> {
         for hb in loader.sequential(k) {
             let hb = hb?;
             batch_no += 1;
-            let s = hb.size as i64;
-            let x = Tensor::from_slice(&hb.images).view([-1, 3, s, s]).to_device(device);
+            let x = images_tensor(&hb).to_device(device);
             let label = labels_tensor(&hb.labels).to_device(device);
             let targets = layout.test_targets(k, &label);
             let mut columns = vec![x.shallow_clone()];
             for (t, c) in targets.iter().enumerate() {
-                let y = g.translate(&x, c, NormStats::PerImageFrozen, cfg.precision);
+                let y = g.translate(&x, c, NormStats::PerImageFrozen, cfg.optim.precision);
                 for (j, &i) in hb.indices.iter().enumerate() {
                     let stem = loader.sources()[k].name(i).replace(['/', '\\'], "_");
                     let stem = stem.rsplit_once('.').map_or(stem.as_str(), |(a, _)| a).to_string();

@@ -3,10 +3,10 @@
 use crate::checkpoint::{self, infer_discriminator, infer_generator, native, read_tensors};
 use crate::error::{Error, Result};
 use crate::image_io;
-use crate::labels::{celeba_domain, Domain, LabelKind, LabelLayout};
+use crate::inference::{self, Edit, Target};
 use crate::model::{Discriminator, Generator, NormStats};
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 #[derive(Debug, clap::Args)]
 pub struct TranslateArgs {
@@ -45,170 +45,20 @@ pub enum NormChoice {
     Running,
 }
 
-/// A generator read from any checkpoint kind, with what is known about its labels.
-pub struct LoadedG {
-    pub g: Generator,
-    pub layout: LabelLayout,
-    /// Whether `layout` comes from the checkpoint (training checkpoints) or was assumed (reference files).
-    pub labels_known: bool,
-    pub image_size: Option<i64>,
-    /// D, when the checkpoint has it or a `{step}-D.ckpt` sits beside a reference G.
-    pub d: Option<Discriminator>,
-}
-
-fn weights_err(path: &Path) -> impl FnOnce(crate::model::WeightsError) -> Error + '_ {
-    move |source| Error::Weights { path: path.to_path_buf(), source }
-}
-
-/// Load G (and D if available) from `path`. `attrs` names a reference checkpoint's labels.
-pub fn load_generator(path: &Path, attrs: Option<&[String]>, device: Device) -> Result<LoadedG> {
-    let file = read_tensors(path)?;
-    if let Some(meta) = native::meta_of(&file, path)? {
-        let g = Generator::new(meta.g, device);
-        g.weights.load(&checkpoint::strip_prefix(&file.tensors, "G.")).map_err(weights_err(path))?;
-        let d = Discriminator::new(meta.d, device);
-        d.weights.load(&checkpoint::strip_prefix(&file.tensors, "D.")).map_err(weights_err(path))?;
-        return Ok(LoadedG {
-            g,
-            layout: meta.layout,
-            labels_known: true,
-            image_size: Some(meta.d.image_size),
-            d: Some(d),
-        });
-    }
-    let cfg = infer_generator(&file.tensors, path)?;
-    let g = Generator::new(cfg, device);
-    g.weights.load(&file.tensors).map_err(weights_err(path))?;
-    let layout = reference_layout(cfg.c_dim, attrs, path)?;
-    let d = match sibling_d(path) {
-        Some(dp) => {
-            let df = read_tensors(&dp)?;
-            let dcfg = infer_discriminator(&df.tensors, &dp)?;
-            if dcfg.c_dim != layout.d_dim() {
-                return Err(Error::Config(format!(
-                    "{} predicts {} labels but {} takes {}",
-                    dp.display(),
-                    dcfg.c_dim,
-                    path.display(),
-                    layout.d_dim()
-                )));
-            }
-            let d = Discriminator::new(dcfg, device);
-            d.weights.load(&df.tensors).map_err(weights_err(&dp))?;
-            Some(d)
-        }
-        None => None,
-    };
-    let image_size = d.as_ref().map(|d| d.config.image_size);
-    Ok(LoadedG { g, layout, labels_known: false, image_size, d })
-}
-
-/// `200000-G.ckpt` → `200000-D.ckpt` in the same folder, if it exists.
-fn sibling_d(g_path: &Path) -> Option<PathBuf> {
-    let name = g_path.file_name()?.to_str()?;
-    let d_name = name.replacen("-G.", "-D.", 1);
-    (d_name != name).then(|| g_path.with_file_name(d_name)).filter(|p| p.exists())
-}
-
-/// A reference checkpoint carries no label names: the reference's CelebA attributes (or `--attrs`)
-/// when their number fits, else generic names.
-fn reference_layout(c_dim: i64, attrs: Option<&[String]>, path: &Path) -> Result<LabelLayout> {
-    let default: Vec<String> = crate::labels::DEFAULT_CELEBA_ATTRS.iter().map(|s| s.to_string()).collect();
-    match attrs {
-        Some(a) if a.len() as i64 != c_dim => Err(Error::Config(format!(
-            "--attrs names {} labels but {} takes {c_dim}",
-            a.len(),
-            path.display()
-        ))),
-        Some(a) => Ok(LabelLayout::single(celeba_domain(a))),
-        None if c_dim == default.len() as i64 => Ok(LabelLayout::single(celeba_domain(&default))),
-        None => Ok(LabelLayout::single(Domain {
-            name: "labels".into(),
-            kind: LabelKind::MultiLabel,
-            labels: (0..c_dim).map(|i| format!("label{i}")).collect(),
-        })),
-    }
-}
-
-fn parse_vector(text: &str, want: i64) -> Result<Vec<f32>> {
-    let values: Vec<f32> = text
-        .split(',')
-        .map(|v| {
-            v.trim().parse::<f32>().map_err(|_| Error::Config(format!("--target: `{v}` is not a number")))
-        })
-        .collect::<Result<_>>()?;
-    if values.len() as i64 != want {
-        return Err(Error::Config(format!(
-            "--target has {} values but the checkpoint's generator takes {want}",
-            values.len()
-        )));
-    }
-    Ok(values)
-}
-
-/// The target vector for one input: `--target` as given, or the input's own labels (predicted by D
-/// when available) with the `--set` edits applied.
-fn target_for(loaded: &LoadedG, args: &TranslateArgs, x: &Tensor) -> Result<Tensor> {
-    let g_dim = loaded.layout.g_dim();
+/// `--target` or `--set` as the library's [`Target`], with errors naming the flag.
+fn target_of(args: &TranslateArgs) -> Result<Target> {
     if let Some(t) = &args.target {
-        let v = parse_vector(t, g_dim)?;
-        return Ok(Tensor::from_slice(&v).view([1, g_dim]));
+        return Target::parse_vector(t).map_err(|e| Error::Input(format!("--target: {e}")));
     }
     if args.set.is_empty() {
-        return Err(Error::Config("give --target 0,1,... or one or more --set NAME=VALUE".into()));
+        return Err(Error::Input("give --target 0,1,... or one or more --set NAME=VALUE".into()));
     }
-    // Which domain each name belongs to.
-    let mut edits = Vec::new();
-    for s in &args.set {
-        let (name, value) =
-            s.split_once('=').ok_or_else(|| Error::Config(format!("--set takes NAME=VALUE, not `{s}`")))?;
-        let value: f32 = value
-            .trim()
-            .parse()
-            .map_err(|_| Error::Config(format!("--set {name}: `{value}` is not a number")))?;
-        let found = loaded
-            .layout
-            .domains
-            .iter()
-            .enumerate()
-            .find_map(|(k, d)| d.labels.iter().position(|l| l == name.trim()).map(|i| (k, i)));
-        let (k, i) = found.ok_or_else(|| {
-            let all: Vec<&str> =
-                loaded.layout.domains.iter().flat_map(|d| d.labels.iter().map(String::as_str)).collect();
-            Error::Config(format!(
-                "unknown attribute `{name}`; the checkpoint's labels are: {}",
-                all.join(", ")
-            ))
-        })?;
-        edits.push((k, i, value));
-    }
-    let k = edits[0].0;
-    if edits.iter().any(|e| e.0 != k) {
-        return Err(Error::Config(
-            "--set names labels of different datasets; edit one dataset at a time".into(),
-        ));
-    }
-    let domain = &loaded.layout.domains[k];
-    let mut dense: Vec<f32> = match &loaded.d {
-        Some(d) => {
-            let (_, logits) = tch::no_grad(|| d.forward(x));
-            let logits = loaded.layout.slice_logits(k, &logits).to_device(Device::Cpu);
-            let probs = match domain.kind {
-                LabelKind::MultiLabel => logits.sigmoid().ge(0.5).to_kind(Kind::Float),
-                LabelKind::OneHot => logits.argmax(1, false).one_hot(domain.dim()).to_kind(Kind::Float),
-            };
-            Vec::<f32>::try_from(probs.view([-1])).map_err(Error::Torch)?
-        }
-        None => vec![0.0; domain.dim() as usize],
-    };
-    for &(_, i, v) in &edits {
-        if domain.kind == LabelKind::OneHot && v != 0.0 {
-            dense.iter_mut().for_each(|x| *x = 0.0);
-        }
-        dense[i] = v;
-    }
-    let dense = Tensor::from_slice(&dense).view([1, domain.dim()]);
-    Ok(loaded.layout.place(k, &dense))
+    let edits = args
+        .set
+        .iter()
+        .map(|s| s.parse::<Edit>().map_err(|e| Error::Input(format!("--set: {e}"))))
+        .collect::<Result<_>>()?;
+    Ok(Target::Edits(edits))
 }
 
 fn inputs_of(input: &Path) -> Result<Vec<PathBuf>> {
@@ -225,20 +75,22 @@ fn inputs_of(input: &Path) -> Result<Vec<PathBuf>> {
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(Error::Config(format!("{} holds no images", input.display())));
+            return Err(Error::Input(format!("{} holds no images", input.display())));
         }
         Ok(files)
     } else if input.exists() {
         Ok(vec![input.to_path_buf()])
     } else {
-        Err(Error::Config(format!("input {} does not exist", input.display())))
+        Err(Error::Input(format!("input {} does not exist", input.display())))
     }
 }
 
 pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
     let device = args.device.resolve()?;
-    let loaded = load_generator(&args.checkpoint, args.attrs.as_deref(), device)?;
-    let size = loaded.image_size.unwrap_or(128) as u32;
+    let model = inference::load(&args.checkpoint, args.attrs.as_deref(), device)?;
+    let target = target_of(args)?;
+    let flag = if args.target.is_some() { "--target" } else { "--set" };
+    let size = model.input_size();
     let inputs = inputs_of(&args.input)?;
     let to_folder = args.input.is_dir() || args.output.is_dir() || inputs.len() > 1;
     let stats = match args.norm {
@@ -250,15 +102,17 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for (path, x) in inputs.iter().zip(images) {
         let x = x.to_device(device);
-        let c = target_for(&loaded, args, &x)?.to_device(device);
-        let y = loaded.g.translate(&x, &c, stats, args.precision);
+        let y = model.translate_image(&x, &target, stats, args.precision).map_err(|e| match e {
+            Error::Input(m) => Error::Input(format!("{flag}: {m}")),
+            e => e,
+        })?;
         let out = if to_folder {
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             args.output.join(format!("{stem}.png"))
         } else {
             args.output.clone()
         };
-        image_io::save_png(&out, &y.get(0))?;
+        image_io::save_png(&out, &y)?;
         written.push(out);
     }
     Ok(written)

@@ -1,12 +1,11 @@
 //! From a run's configuration to its data sources and label layout.
 
 use super::celeba::{self, AttributeTable};
+use super::config::{DataConfig, DatasetKind};
 use super::error::DataError;
 use super::folder::ImageFolder;
 use super::source::{user_split, AttributeSource, FolderSource, Source, SyntheticSource};
-use super::synthetic::SyntheticSplit as Split;
 use super::transform::Pipeline;
-use crate::config::{DatasetKind, SyntheticSplit, TrainConfig};
 use crate::labels::{celeba_domain, LabelLayout};
 use std::path::Path;
 use std::sync::Arc;
@@ -18,16 +17,16 @@ pub enum Part {
     Test,
 }
 
-fn exists(path: &Path, what: &str) -> Result<(), DataError> {
+fn exists(path: &Path, what: &'static str) -> Result<(), DataError> {
     if path.exists() {
         Ok(())
     } else {
-        Err(DataError::Selection(format!("{what} {} does not exist", path.display())))
+        Err(DataError::Missing { what, path: path.to_path_buf() })
     }
 }
 
 fn celeba_source(
-    cfg: &TrainConfig,
+    cfg: &DataConfig,
     attr_path: &Path,
     image_dir: &Path,
     crop: u32,
@@ -40,12 +39,14 @@ fn celeba_source(
     let samples = table.samples(&cfg.selected_attrs)?;
     let split = if reference_split { celeba::reference_split(samples) } else { user_split(samples) };
     if part == Part::Train && split.train.is_empty() {
-        return Err(DataError::Selection(format!(
-            "{} lists {} images, all of which the reference's split keeps for testing (the first 1,999 \
-             after its shuffle); use --dataset folder for a small data set",
-            attr_path.display(),
-            split.test.len()
-        )));
+        return Err(DataError::Empty {
+            path: attr_path.to_path_buf(),
+            reason: format!(
+                "it lists {} images, all of which the reference's split keeps for testing (the first \
+                 1,999 after its shuffle); use --dataset folder for a small data set",
+                split.test.len()
+            ),
+        });
     }
     let samples = if part == Part::Train { split.train } else { split.test };
     let checked = celeba::check_images(samples, image_dir, cfg.skip_missing)?;
@@ -61,53 +62,62 @@ fn celeba_source(
     Ok(Arc::new(AttributeSource::new(domain, image_dir.to_path_buf(), checked.samples, pipeline)))
 }
 
-fn folder_source(name: &str, dir: &Path, crop: u32, cfg: &TrainConfig) -> Result<Arc<dyn Source>, DataError> {
+fn folder_source(name: &str, dir: &Path, crop: u32, cfg: &DataConfig) -> Result<Arc<dyn Source>, DataError> {
     exists(dir, "image folder")?;
     let folder = ImageFolder::open(dir)?;
     Ok(Arc::new(FolderSource::new(name, folder, Pipeline::new(crop, cfg.image_size as u32)?)))
 }
 
 /// The sources of a run, in the order the training loop visits them, and their label layout.
-pub fn sources(cfg: &TrainConfig, part: Part) -> Result<(Vec<Arc<dyn Source>>, LabelLayout), DataError> {
+/// `seed` draws the built-in data.
+pub fn sources(
+    cfg: &DataConfig,
+    seed: u64,
+    part: Part,
+) -> Result<(Vec<Arc<dyn Source>>, LabelLayout), DataError> {
     let size = cfg.image_size as u32;
     let rafd_dir = &cfg.rafd_image_dir;
     let sources: Vec<Arc<dyn Source>> = match cfg.dataset {
         DatasetKind::Celeba => {
-            vec![celeba_source(cfg, &cfg.attr_path, &cfg.celeba_image_dir, cfg.celeba_crop_size, part, true)?]
+            vec![celeba_source(
+                cfg,
+                cfg.celeba_attr_path(),
+                &cfg.celeba_image_dir,
+                cfg.celeba_crop_size,
+                part,
+                true,
+            )?]
         }
         // The reference reads RaFD's train and test images from separate folders (`--rafd-image-dir`).
         DatasetKind::Rafd => vec![folder_source("RaFD", rafd_dir, cfg.rafd_crop_size, cfg)?],
         DatasetKind::Both => vec![
-            celeba_source(cfg, &cfg.attr_path, &cfg.celeba_image_dir, cfg.celeba_crop_size, part, true)?,
+            celeba_source(
+                cfg,
+                cfg.celeba_attr_path(),
+                &cfg.celeba_image_dir,
+                cfg.celeba_crop_size,
+                part,
+                true,
+            )?,
             folder_source("RaFD", rafd_dir, cfg.rafd_crop_size, cfg)?,
         ],
         DatasetKind::Folder => {
-            let dir = cfg.image_dir.as_deref().ok_or_else(|| {
-                DataError::Selection(
-                    "--dataset folder needs --image-dir (and --attr-path for attribute labels)".into(),
-                )
-            })?;
+            let dir = cfg.image_dir.as_deref().ok_or(DataError::Setting(
+                "--dataset folder needs --image-dir (and --attr-path for attribute labels)",
+            ))?;
             let crop = cfg.crop_size.unwrap_or(0);
-            // An attribute file the user named makes the folder multi-label; the reference's default
-            // CelebA path (which every config carries) does not, even if it happens to exist.
-            if cfg.attr_path.exists() && cfg.attr_path != TrainConfig::default().attr_path {
-                vec![celeba_source(cfg, &cfg.attr_path, dir, nonzero_crop(crop, dir)?, part, false)?]
-            } else {
-                vec![folder_source("folder", dir, nonzero_crop(crop, dir)?, cfg)?]
+            // An attribute file makes the folder multi-label; without one, its class folders label it.
+            match &cfg.attr_path {
+                Some(attrs) => vec![celeba_source(cfg, attrs, dir, nonzero_crop(crop, dir)?, part, false)?],
+                None => vec![folder_source("folder", dir, nonzero_crop(crop, dir)?, cfg)?],
             }
         }
         DatasetKind::Synthetic => {
             let test = part == Part::Test;
-            let splits: &[Split] = match cfg.synthetic_split {
-                SyntheticSplit::Celeba => &[Split::Celeba],
-                SyntheticSplit::Rafd => &[Split::Rafd],
-                SyntheticSplit::Both => &[Split::Celeba, Split::Rafd],
-            };
-            splits
+            cfg.synthetic_split
+                .sets()
                 .iter()
-                .map(|&s| {
-                    SyntheticSource::new(s, cfg.seed, test, size).map(|s| Arc::new(s) as Arc<dyn Source>)
-                })
+                .map(|&s| SyntheticSource::new(s, seed, test, size).map(|s| Arc::new(s) as Arc<dyn Source>))
                 .collect::<Result<_, _>>()?
         }
     };
@@ -121,7 +131,7 @@ fn nonzero_crop(crop: u32, dir: &Path) -> Result<u32, DataError> {
         return Ok(crop);
     }
     let first = first_image(dir)?
-        .ok_or_else(|| DataError::Selection(format!("no images under {}", dir.display())))?;
+        .ok_or_else(|| DataError::Empty { path: dir.to_path_buf(), reason: "no images".into() })?;
     let img = super::transform::load_image(&first)?;
     Ok(img.width().min(img.height()))
 }

@@ -30,6 +30,22 @@ pub enum DataError {
     #[error("invalid attribute selection: {0}")]
     Selection(String),
 
+    /// A file or folder the settings name does not exist.
+    #[error("{what} {} does not exist", path.display())]
+    Missing { what: &'static str, path: PathBuf },
+
+    /// A setting the data needs is absent.
+    #[error("{0}")]
+    Setting(&'static str),
+
+    /// A data set has fewer images than one batch takes.
+    #[error("--batch-size {batch} exceeds the {images} images of dataset {dataset}")]
+    BatchTooLarge { batch: usize, images: usize, dataset: String },
+
+    /// A data set that yielded no images at all.
+    #[error("dataset {0} has no images")]
+    NoImages(String),
+
     /// A data source yielded no samples at all.
     #[error("{}: no samples found ({reason})", path.display())]
     Empty { path: PathBuf, reason: String },

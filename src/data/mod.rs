@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod celeba;
+pub mod config;
 pub mod error;
 pub mod folder;
 pub mod pyrandom;

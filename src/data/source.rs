@@ -10,7 +10,7 @@
 use super::celeba::{self, Sample};
 use super::error::DataError;
 use super::folder::ImageFolder;
-use super::synthetic::{self, Renderer, SyntheticSplit};
+use super::synthetic::{self, LabelSet, Renderer};
 use super::transform::Pipeline;
 use crate::labels::{Domain, LabelKind};
 use crate::rng::{Purpose, Stream};
@@ -122,7 +122,7 @@ impl Source for FolderSource {
 /// The built-in procedural faces, rendered on the fly: `count` images starting at `first`.
 pub struct SyntheticSource {
     domain: Domain,
-    split: SyntheticSplit,
+    set: LabelSet,
     seed: u64,
     first: u64,
     count: usize,
@@ -135,16 +135,16 @@ pub const SYNTHETIC_TRAIN: usize = 20_000;
 pub const SYNTHETIC_TEST: usize = 1_000;
 
 impl SyntheticSource {
-    pub fn new(split: SyntheticSplit, seed: u64, test: bool, size: u32) -> Result<Self, DataError> {
+    pub fn new(set: LabelSet, seed: u64, test: bool, size: u32) -> Result<Self, DataError> {
         Renderer::new(size).map_err(|e| DataError::Transform(e.to_string()))?;
         let names = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let domain = match split {
-            SyntheticSplit::Celeba => Domain {
+        let domain = match set {
+            LabelSet::Celeba => Domain {
                 name: "CelebA".into(),
                 kind: LabelKind::MultiLabel,
                 labels: names(&synthetic::CELEBA_ATTRIBUTES),
             },
-            SyntheticSplit::Rafd => Domain {
+            LabelSet::Rafd => Domain {
                 name: "RaFD".into(),
                 kind: LabelKind::OneHot,
                 labels: names(&synthetic::RAFD_EXPRESSIONS),
@@ -152,16 +152,16 @@ impl SyntheticSource {
         };
         let (first, count) =
             if test { (SYNTHETIC_TRAIN as u64, SYNTHETIC_TEST) } else { (0, SYNTHETIC_TRAIN) };
-        Ok(Self { domain, split, seed, first, count, size })
+        Ok(Self { domain, set, seed, first, count, size })
     }
 
     /// The latent content and labels of image `i` (ground truth for evaluation).
     pub fn sample(&self, i: usize) -> (synthetic::Content, synthetic::Labels) {
-        synthetic::sample(self.split, self.seed, self.first + i as u64)
+        synthetic::sample(self.set, self.seed, self.first + i as u64)
     }
 
-    pub fn split(&self) -> SyntheticSplit {
-        self.split
+    pub fn label_set(&self) -> LabelSet {
+        self.set
     }
 }
 
@@ -207,9 +207,9 @@ impl Source for SyntheticSource {
     }
     fn label(&self, i: usize) -> Label {
         let (_, labels) = self.sample(i);
-        match self.split {
-            SyntheticSplit::Celeba => Label::Attributes(labels.celeba().to_vector().to_vec()),
-            SyntheticSplit::Rafd => Label::Class(labels.expression.index() as i64),
+        match self.set {
+            LabelSet::Celeba => Label::Attributes(labels.celeba().to_vector().to_vec()),
+            LabelSet::Rafd => Label::Class(labels.expression.index() as i64),
         }
     }
     fn name(&self, i: usize) -> String {
@@ -277,14 +277,14 @@ impl Loader {
     ) -> Result<Self, DataError> {
         for s in &sources {
             if s.is_empty() {
-                return Err(DataError::Selection(format!("dataset {} has no images", s.domain().name)));
+                return Err(DataError::NoImages(s.domain().name.clone()));
             }
             if batch_size > s.len() && train {
-                return Err(DataError::Selection(format!(
-                    "--batch-size {batch_size} exceeds the {} images of dataset {}",
-                    s.len(),
-                    s.domain().name
-                )));
+                return Err(DataError::BatchTooLarge {
+                    batch: batch_size,
+                    images: s.len(),
+                    dataset: s.domain().name.clone(),
+                });
             }
         }
         Ok(Self {

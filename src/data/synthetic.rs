@@ -23,7 +23,7 @@
 //!
 //! # The two label sets
 //!
-//! Like the paper, there are two datasets with different label sets ([`SyntheticSplit`]):
+//! Like the paper, there are two datasets with different label sets ([`LabelSet`]):
 //!
 //! * CelebA-like ([`CelebaLabels`], attribute order [`CELEBA_ATTRIBUTES`]:
 //!   `Black_Hair, Blond_Hair, Brown_Hair, Male, Young`). Hair colour, `male` and `young` are
@@ -61,6 +61,7 @@
 //! pinned by the in-module PRNG; the exact pixel bytes also depend on tiny-skia's rasteriser
 //! (pinned by the crate's `0.11` requirement).
 
+use crate::rng::{mix as mix64, SplitMix64};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tiny_skia::{
@@ -73,12 +74,10 @@ pub const MIN_SIZE: u32 = 16;
 /// Largest supported image side in pixels.
 pub const MAX_SIZE: u32 = 256;
 
-/// CelebA-like attribute names in the reference order (the order of [`CelebaLabels::to_vector`]).
-pub const CELEBA_ATTRIBUTES: [&str; 5] = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"];
-
-/// RaFD-like expression names in the reference (alphabetical folder) order.
-pub const RAFD_EXPRESSIONS: [&str; 8] =
-    ["angry", "contemptuous", "disgusted", "fearful", "happy", "neutral", "sad", "surprised"];
+/// CelebA-like attribute names: the reference's five, in its order (the order of
+/// [`CelebaLabels::to_vector`]); RaFD-like expression names in the reference (alphabetical folder)
+/// order. The built-in data uses the real data sets' names so that models trained on it read them.
+pub use crate::labels::{DEFAULT_CELEBA_ATTRS as CELEBA_ATTRIBUTES, RAFD_EXPRESSIONS};
 
 /// The attributes every RaFD-like sample has (its attributes are not labelled there).
 pub const RAFD_DEFAULT_ATTRIBUTES: CelebaLabels =
@@ -116,33 +115,33 @@ fn check_size(size: u32) -> Result<(), SyntheticError> {
 // PRNG
 // ---------------------------------------------------------------------------------------
 
-/// SplitMix64: tiny, fast and fixed forever, so the dataset never depends on a crate version.
+/// The sampler of contents and labels: [`SplitMix64`] with the draws this module needs.
 #[derive(Debug, Clone)]
-struct SplitMix64(u64);
+struct Sampler(SplitMix64);
 
-impl SplitMix64 {
+impl Sampler {
     /// A generator for stream `stream` of sample `index` under `seed`. Streams keep content,
     /// labels and texture details independent of each other.
     fn for_sample(seed: u64, stream: u64, index: u64) -> Self {
         let a = mix64(seed ^ stream.wrapping_mul(0xD6E8_FEB8_6659_FD93));
-        Self(mix64(a ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        Self(SplitMix64(mix64(a ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15))))
     }
 
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix64(self.0)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)` with 24 bits, exactly representable in f32.
     fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        self.0.uniform_f32()
     }
 
     fn range(&mut self, lo: f32, hi: f32) -> f32 {
         lo + (hi - lo) * self.unit()
     }
 
-    /// Uniform in `0..n` (the modulo bias is far below anything that matters here).
+    /// Uniform in `0..n` (the modulo bias is far below anything that matters here, and the data
+    /// set's pixels are pinned by it).
     fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
@@ -150,13 +149,6 @@ impl SplitMix64 {
     fn chance(&mut self, p: f32) -> bool {
         self.unit() < p
     }
-}
-
-/// The SplitMix64 finaliser, also used as a stateless hash for per-pixel noise.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 const STREAM_CONTENT: u64 = 1;
@@ -454,7 +446,7 @@ pub struct Content {
 impl Content {
     /// The content of sample `index` of the stream `seed`. Independent of any labels.
     pub fn sample(seed: u64, index: u64) -> Self {
-        let mut rng = SplitMix64::for_sample(seed, STREAM_CONTENT, index);
+        let mut rng = Sampler::for_sample(seed, STREAM_CONTENT, index);
         let center = [0.5 + rng.range(-0.03, 0.03), 0.54 + rng.range(-0.025, 0.025)];
         let face_height = rng.range(0.27, 0.31);
         let aspect = rng.range(0.74, 0.88);
@@ -538,37 +530,37 @@ fn scale(a: [u8; 3], k: f32) -> [u8; 3] {
 
 /// The two synthetic datasets, mirroring CelebA and RaFD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum SyntheticSplit {
+pub enum LabelSet {
     /// Random hair colour, `male` and `young`; neutral expression.
     Celeba,
     /// Random expression; attributes fixed to [`RAFD_DEFAULT_ATTRIBUTES`].
     Rafd,
 }
 
-impl SyntheticSplit {
+impl LabelSet {
     /// The content seed of this split under the dataset seed, so the two splits show
     /// different "people" (as the real datasets do).
     pub fn content_seed(self, seed: u64) -> u64 {
         match self {
-            SyntheticSplit::Celeba => seed,
-            SyntheticSplit::Rafd => mix64(seed ^ 0x5AFD_5AFD_5AFD_5AFD),
+            LabelSet::Celeba => seed,
+            LabelSet::Rafd => mix64(seed ^ 0x5AFD_5AFD_5AFD_5AFD),
         }
     }
 }
 
-/// Sample `index` of `split`: its content (from [`SyntheticSplit::content_seed`]) and its
+/// Sample `index` of `split`: its content (from [`LabelSet::content_seed`]) and its
 /// labels. Labels are uniform: hair over 3 colours, `male` and `young` fair coins for
 /// CelebA; the expression over all 8 for RaFD.
-pub fn sample(split: SyntheticSplit, seed: u64, index: u64) -> (Content, Labels) {
+pub fn sample(split: LabelSet, seed: u64, index: u64) -> (Content, Labels) {
     let content = Content::sample(split.content_seed(seed), index);
-    let mut rng = SplitMix64::for_sample(split.content_seed(seed), STREAM_LABELS, index);
+    let mut rng = Sampler::for_sample(split.content_seed(seed), STREAM_LABELS, index);
     let labels = match split {
-        SyntheticSplit::Celeba => Labels::from_celeba(CelebaLabels {
+        LabelSet::Celeba => Labels::from_celeba(CelebaLabels {
             hair: Hair::ALL[rng.below(3) as usize],
             male: rng.chance(0.5),
             young: rng.chance(0.5),
         }),
-        SyntheticSplit::Rafd => {
+        LabelSet::Rafd => {
             Labels::from_rafd(RafdLabels { expression: Expression::ALL[rng.below(8) as usize] })
         }
     };
@@ -746,7 +738,7 @@ fn fringe_path(l: &Layout, c: &Content) -> Option<Path> {
 
 /// Strands over the hair (texture, coloured by the hair labels).
 fn strand_paths(l: &Layout, c: &Content) -> Option<Path> {
-    let mut rng = SplitMix64::for_sample(c.noise_seed, STREAM_HAIR, 0);
+    let mut rng = Sampler::for_sample(c.noise_seed, STREAM_HAIR, 0);
     let mut pb = PathBuilder::new();
     let top = (l.cx + c.hair_part * 0.6 * l.rx, l.cy - 1.06 * l.ry);
     for i in 0..9 {
@@ -821,7 +813,7 @@ fn beard_path(l: &Layout) -> Option<Path> {
 
 /// Silver streaks of greying hair (drawn only when old).
 fn streak_paths(l: &Layout, c: &Content) -> Option<Path> {
-    let mut rng = SplitMix64::for_sample(c.noise_seed, STREAM_HAIR, 1);
+    let mut rng = Sampler::for_sample(c.noise_seed, STREAM_HAIR, 1);
     let mut pb = PathBuilder::new();
     let end = if c.long_hair { 0.8 } else { -0.3 };
     for _ in 0..7 {
@@ -835,7 +827,7 @@ fn streak_paths(l: &Layout, c: &Content) -> Option<Path> {
 
 /// Stubble dots scattered over `bounds` (the beard's box); clipped to the beard when drawn.
 fn stubble_path(l: &Layout, c: &Content, bounds: Rect) -> Option<Path> {
-    let mut rng = SplitMix64::for_sample(c.noise_seed, STREAM_STUBBLE, 0);
+    let mut rng = Sampler::for_sample(c.noise_seed, STREAM_STUBBLE, 0);
     let mut pb = PathBuilder::new();
     let r = (0.028 * l.u).max(0.45);
     for _ in 0..60 {
@@ -1331,7 +1323,7 @@ fn draw_background(pm: &mut Pixmap, c: &Content, l: &Layout) {
             }
         }
         Texture::Blobs => {
-            let mut rng = SplitMix64::for_sample(c.noise_seed, STREAM_BACKGROUND, 0);
+            let mut rng = Sampler::for_sample(c.noise_seed, STREAM_BACKGROUND, 0);
             let mut pb = PathBuilder::new();
             for _ in 0..7 {
                 let (x, y) = (rng.range(0.0, s), rng.range(0.0, s));
@@ -1503,7 +1495,7 @@ mod tests {
 
     #[test]
     fn deterministic_and_index_dependent() {
-        for split in [SyntheticSplit::Celeba, SyntheticSplit::Rafd] {
+        for split in [LabelSet::Celeba, LabelSet::Rafd] {
             let (c1, l1) = sample(split, 7, 3);
             let (c2, l2) = sample(split, 7, 3);
             assert_eq!(c1, c2);
@@ -1525,10 +1517,10 @@ mod tests {
         let c = Content::sample(0, 0);
         assert_eq!((c.skin, c.texture, c.long_hair), ([229, 180, 142], Texture::Blobs, false));
         assert_eq!(c.noise_seed, 3_913_156_407_429_113_575);
-        let expressions: Vec<_> = (0..4).map(|i| sample(SyntheticSplit::Rafd, 0, i).1.expression).collect();
+        let expressions: Vec<_> = (0..4).map(|i| sample(LabelSet::Rafd, 0, i).1.expression).collect();
         use Expression::{Contemptuous, Disgusted, Surprised};
         assert_eq!(expressions, [Contemptuous, Disgusted, Surprised, Contemptuous]);
-        let first = sample(SyntheticSplit::Celeba, 0, 1).1.celeba();
+        let first = sample(LabelSet::Celeba, 0, 1).1.celeba();
         assert_eq!(first, CelebaLabels { hair: Hair::Black, male: true, young: true });
     }
 
@@ -1635,7 +1627,7 @@ mod tests {
 
     #[test]
     fn sizes_are_checked_and_all_valid_sizes_render() {
-        let (content, labels) = sample(SyntheticSplit::Celeba, 0, 0);
+        let (content, labels) = sample(LabelSet::Celeba, 0, 0);
         for size in [0, MIN_SIZE - 1, MAX_SIZE + 1] {
             assert_eq!(render(&content, &labels, size), Err(SyntheticError::InvalidSize { size }));
             assert!(region_mask(&content, Attribute::Hair, size).is_err());
@@ -1652,7 +1644,7 @@ mod tests {
 
     #[test]
     fn chw_paths_agree() {
-        let (content, labels) = sample(SyntheticSplit::Rafd, 5, 9);
+        let (content, labels) = sample(LabelSet::Rafd, 5, 9);
         let mut r = Renderer::new(32).unwrap();
         let img = r.render(&content, &labels);
         let chw = img.to_chw_f32();
@@ -1687,12 +1679,12 @@ mod tests {
         let (mut hair, mut male, mut young) = ([0usize; 3], 0, 0);
         let mut expr = [0usize; 8];
         for i in 0..n {
-            let (_, l) = sample(SyntheticSplit::Celeba, 11, i);
+            let (_, l) = sample(LabelSet::Celeba, 11, i);
             assert_eq!(l.expression, Expression::Neutral);
             hair[l.hair.index()] += 1;
             male += usize::from(l.male);
             young += usize::from(l.young);
-            let (_, l) = sample(SyntheticSplit::Rafd, 11, i);
+            let (_, l) = sample(LabelSet::Rafd, 11, i);
             assert_eq!(l.celeba(), RAFD_DEFAULT_ATTRIBUTES);
             expr[l.expression.index()] += 1;
         }
@@ -1701,6 +1693,6 @@ mod tests {
         assert!(male.abs_diff(n / 2) < n / 20 && young.abs_diff(n / 2) < n / 20);
         assert!(expr.iter().all(|&e| e.abs_diff(n / 8) < n / 20), "{expr:?}");
         // The two splits show different people.
-        assert_ne!(sample(SyntheticSplit::Celeba, 11, 0).0, sample(SyntheticSplit::Rafd, 11, 0).0);
+        assert_ne!(sample(LabelSet::Celeba, 11, 0).0, sample(LabelSet::Rafd, 11, 0).0);
     }
 }

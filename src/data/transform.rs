@@ -472,6 +472,20 @@ pub fn to_tensor_normalized(img: &RgbImage) -> Vec<f32> {
     out
 }
 
+/// The inverse of [`to_tensor_normalized`] as torchvision's `save_image(denorm(x))` computes it:
+/// planar CHW floats in [-1, 1] → interleaved RGB bytes, `clamp((x+1)/2, 0, 1)·255 + 0.5`, clamped
+/// and truncated, in `f32` in the same order (so the bytes equal the reference's PNGs).
+pub fn from_chw_normalized(chw: &[f32]) -> Vec<u8> {
+    let plane = chw.len() / 3;
+    let mut rgb = vec![0u8; plane * 3];
+    for (c, channel) in chw.chunks_exact(plane.max(1)).enumerate().take(3) {
+        for (p, &x) in channel.iter().enumerate() {
+            rgb[p * 3 + c] = (((x + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0 + 0.5).clamp(0.0, 255.0) as u8;
+        }
+    }
+    rgb
+}
+
 /// Writes interleaved RGB bytes as normalised planar CHW floats.
 fn write_chw(rgb: &[u8], table: &[f32; 256], out: &mut [f32]) {
     let plane = rgb.len() / 3;

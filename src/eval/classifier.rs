@@ -14,11 +14,11 @@
 //! rate is constant for the first half of the iterations and falls linearly to zero over the second.
 //! Initialisation and batches follow the seed, so a classifier is reproducible from its settings.
 
+use crate::batch::labels_tensor;
 use crate::checkpoint::{read_tensors, write_safetensors};
 use crate::data::source::{Loader, Prefetcher};
 use crate::error::{Error, Result};
 use crate::labels::{LabelKind, LabelLayout};
-use crate::train::run::labels_tensor;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -150,7 +150,7 @@ impl Classifier {
         for it in 0..iterations {
             let lr = if it < half { LR } else { LR * (iterations - it) as f64 / (iterations - half) as f64 };
             opt.set_lr(lr);
-            let host = prefetch.next().ok_or_else(|| Error::Config("the data loader stopped".into()))??;
+            let host = prefetch.next().ok_or_else(|| Error::Internal("the data loader stopped".into()))??;
             let mut total = Tensor::zeros([], (Kind::Float, device));
             for hb in &host {
                 let s = hb.size as i64;
@@ -192,14 +192,14 @@ impl Classifier {
         match file.metadata.get(META_KEY) {
             Some(found) if found == description => {}
             Some(found) => {
-                return Err(Error::Config(format!(
+                return Err(Error::Input(format!(
                     "the classifier {} was trained for other data or settings ({found}); this evaluation \
                      needs one for {description}: delete the file or give another --classifier path",
                     path.display()
                 )))
             }
             None => {
-                return Err(Error::Config(format!(
+                return Err(Error::Input(format!(
                     "{} is not a classifier written by stargan eval",
                     path.display()
                 )))
@@ -207,7 +207,7 @@ impl Classifier {
         }
         let wanted = self.named();
         if file.tensors.len() != wanted.len() {
-            return Err(Error::Config(format!(
+            return Err(Error::Input(format!(
                 "{} holds {} tensors, the classifier has {}",
                 path.display(),
                 file.tensors.len(),
@@ -217,7 +217,7 @@ impl Classifier {
         tch::no_grad(|| {
             for (name, mut dst) in wanted {
                 let src = file.tensors.get(&name).filter(|s| s.size() == dst.size()).ok_or_else(|| {
-                    Error::Config(format!("{} lacks `{name}` or has it in another shape", path.display()))
+                    Error::Input(format!("{} lacks `{name}` or has it in another shape", path.display()))
                 })?;
                 dst.copy_(&src.to_kind(dst.kind()).to_device(dst.device()));
             }

@@ -4,4 +4,4 @@ pub mod run;
 pub mod step;
 
 pub use run::{train, Outcome, STOP};
-pub use step::{Batch, DLosses, GLosses, Lambdas, StarGan, StepMode};
+pub use step::{Batch, DLosses, GLosses, GradientHook, Lambdas, Net, NoHook, StarGan, StepMode};

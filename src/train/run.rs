@@ -6,16 +6,15 @@
 //! checkpoint at the last completed iteration before exiting, and `--resume-iters` continues
 //! exactly where a checkpoint left off.
 
-use super::{Batch, DLosses, GLosses, Lambdas, StarGan};
+use super::{Batch, DLosses, GLosses, StarGan};
+use crate::batch::{images_tensor, labels_tensor};
 use crate::checkpoint::{self, native};
 use crate::config::TrainConfig;
 use crate::data::build::{sources, Part};
-use crate::data::source::{HostBatch, Label, Loader, Prefetcher};
+use crate::data::source::{Loader, Prefetcher};
 use crate::error::{Error, Result};
 use crate::image_io;
 use crate::labels::LabelLayout;
-use crate::model::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig};
-use crate::rng::{Purpose, Stream};
 use crate::tensorboard::EventWriter;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,71 +33,6 @@ pub enum Outcome {
     Interrupted { iteration: u64, checkpoint: PathBuf },
 }
 
-/// Networks sized by the configuration for the given label layout, initialised from the seed.
-pub fn build_model(cfg: &TrainConfig, layout: LabelLayout, device: Device) -> StarGan {
-    tch::manual_seed(cfg.seed as i64);
-    let g = Generator::new(
-        GeneratorConfig { conv_dim: cfg.g_conv_dim, c_dim: layout.g_dim(), repeat_num: cfg.g_repeat_num },
-        device,
-    );
-    let d = Discriminator::new(
-        DiscriminatorConfig {
-            image_size: cfg.image_size,
-            conv_dim: cfg.d_conv_dim,
-            c_dim: layout.d_dim(),
-            repeat_num: cfg.d_repeat_num,
-        },
-        device,
-    );
-    let lambdas = Lambdas { cls: cfg.lambda_cls, rec: cfg.lambda_rec, gp: cfg.lambda_gp };
-    let mut model = StarGan::new(g, d, layout, lambdas, (cfg.g_lr, cfg.d_lr), (cfg.beta1, cfg.beta2));
-    model.precision = cfg.precision;
-    model
-}
-
-/// Host batch → device tensors, with the iteration's target permutation and penalty weights.
-pub fn to_batch(hb: &HostBatch, iteration: u64, seed: u64, device: Device) -> Batch {
-    let n = hb.len() as i64;
-    let s = hb.size as i64;
-    let x = Tensor::from_slice(&hb.images).view([n, 3, s, s]).to_device(device);
-    let label = labels_tensor(&hb.labels).to_device(device);
-    let k = hb.source as u64;
-    let perm: Vec<i64> = Stream::new(seed, Purpose::TargetPermutation, &[k, iteration])
-        .permutation(hb.len())
-        .into_iter()
-        .map(|i| i as i64)
-        .collect();
-    let mut mix = Stream::new(seed, Purpose::PenaltyMix, &[k, iteration]);
-    let alpha: Vec<f32> = (0..n).map(|_| mix.uniform_f32()).collect();
-    Batch {
-        x,
-        domain: hb.source,
-        label,
-        rand_idx: Tensor::from_slice(&perm).to_device(device),
-        alpha: Tensor::from_slice(&alpha).to_device(device),
-    }
-}
-
-/// Labels as the step wants them: `[N, dim]` floats for attributes, `[N]` int64 for classes.
-pub fn labels_tensor(labels: &[Label]) -> Tensor {
-    match labels.first() {
-        Some(Label::Attributes(first)) => {
-            let flat: Vec<f32> = labels
-                .iter()
-                .flat_map(|l| match l {
-                    Label::Attributes(v) => v.clone(),
-                    Label::Class(_) => unreachable!("one source has one kind of label"),
-                })
-                .collect();
-            Tensor::from_slice(&flat).view([labels.len() as i64, first.len() as i64])
-        }
-        _ => {
-            let idx: Vec<i64> = labels.iter().map(|l| if let Label::Class(c) = l { *c } else { 0 }).collect();
-            Tensor::from_slice(&idx)
-        }
-    }
-}
-
 struct Logs {
     metrics: std::fs::File,
     tb: Option<EventWriter>,
@@ -109,7 +43,7 @@ fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 fn create_dirs(cfg: &TrainConfig) -> Result<()> {
-    for dir in [&cfg.log_dir, &cfg.model_save_dir, &cfg.sample_dir] {
+    for dir in [&cfg.output.log_dir, &cfg.output.model_save_dir, &cfg.output.sample_dir] {
         std::fs::create_dir_all(dir).map_err(write_err(dir))?;
     }
     Ok(())
@@ -118,8 +52,9 @@ fn create_dirs(cfg: &TrainConfig) -> Result<()> {
 /// The effective configuration, written beside the checkpoints.
 fn write_config(cfg: &TrainConfig) -> Result<()> {
     let text = toml::to_string(cfg)
-        .map_err(|e| Error::Config(format!("cannot serialise the configuration: {e}")))?;
-    checkpoint::write_atomic(&cfg.model_save_dir.join("config.toml"), text.as_bytes())?;
+        .map_err(|e| Error::Internal(format!("cannot serialise the configuration: {e}")))?;
+    let path = cfg.output.model_save_dir.join("config.toml");
+    crate::files::write_atomic(&path, text.as_bytes()).map_err(write_err(&path))?;
     Ok(())
 }
 
@@ -155,8 +90,7 @@ fn fixed_inputs(loader: &Loader, layout: &LabelLayout, device: Device) -> Result
     // with this data, resumed or not.
     let hb = loader.sequential(0).next().expect("a non-empty dataset has a first batch")?;
     let n = hb.len().min(8) as i64;
-    let s = hb.size as i64;
-    let x = Tensor::from_slice(&hb.images).view([-1, 3, s, s]).narrow(0, 0, n).to_device(device);
+    let x = images_tensor(&hb).narrow(0, 0, n).to_device(device);
     let label = labels_tensor(&hb.labels).narrow(0, 0, n).to_device(device);
     Ok(Fixed { x, targets: layout.test_targets(0, &label) })
 }
@@ -176,15 +110,15 @@ fn save_samples(model: &StarGan, fixed: &Fixed, path: &Path) -> Result<Tensor> {
 }
 
 fn save_checkpoint(model: &StarGan, cfg: &TrainConfig, iteration: u64) -> Result<PathBuf> {
-    let path = native::path_for(&cfg.model_save_dir, iteration);
-    native::save(&path, model, iteration, cfg)?;
-    if cfg.save_reference_format {
+    let path = native::path_for(&cfg.output.model_save_dir, iteration);
+    native::save(&path, model.nets(), iteration, cfg)?;
+    if cfg.output.save_reference_format {
         checkpoint::write_torch(
-            &cfg.model_save_dir.join(format!("{iteration}-G.ckpt")),
+            &cfg.output.model_save_dir.join(format!("{iteration}-G.ckpt")),
             &model.g.weights.snapshot(),
         )?;
         checkpoint::write_torch(
-            &cfg.model_save_dir.join(format!("{iteration}-D.ckpt")),
+            &cfg.output.model_save_dir.join(format!("{iteration}-D.ckpt")),
             &model.d.weights.snapshot(),
         )?;
     }
@@ -207,17 +141,17 @@ fn elapsed(start: Instant) -> String {
 
 /// Train as configured. Returns how the run ended; errors are one-line, user-facing.
 pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
-    cfg.validate().map_err(Error::Config)?;
+    cfg.validate()?;
     let device = cfg.device.resolve()?;
-    let (srcs, layout) = sources(cfg, Part::Train)?;
-    let loader = Arc::new(Loader::new(srcs, cfg.batch_size, cfg.seed, true)?);
-    let mut model = build_model(cfg, layout.clone(), device);
+    let (srcs, layout) = sources(&cfg.data, cfg.seed, Part::Train)?;
+    let loader = Arc::new(Loader::new(srcs, cfg.optim.batch_size, cfg.seed, true)?);
+    let mut model = StarGan::from_config(cfg, layout.clone(), device);
 
     let start = match resume_point(cfg)? {
         Some(iteration) => {
-            let path = native::path_for(&cfg.model_save_dir, iteration);
+            let path = native::path_for(&cfg.output.model_save_dir, iteration);
             let loaded = native::load(&path)?;
-            native::restore(&loaded, &mut model, &path)?;
+            model.restore(&loaded, &path)?;
             tracing::info!("resumed from {} (iteration {iteration})", path.display());
             iteration
         }
@@ -225,13 +159,13 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     };
     create_dirs(cfg)?;
     write_config(cfg)?;
-    let metrics_path = cfg.log_dir.join("metrics.jsonl");
+    let metrics_path = cfg.output.log_dir.join("metrics.jsonl");
     let metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&metrics_path)
         .map_err(write_err(&metrics_path))?;
-    let tb = if cfg.use_tensorboard { Some(EventWriter::create(&cfg.log_dir)?) } else { None };
+    let tb = if cfg.output.use_tensorboard { Some(EventWriter::create(&cfg.output.log_dir)?) } else { None };
     let mut logs = Logs { metrics, tb };
     let fixed = fixed_inputs(&loader, &layout, device)?;
 
@@ -242,7 +176,7 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
         layout.domains.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(" + "),
         device
     );
-    let bar = indicatif::ProgressBar::new(cfg.num_iters);
+    let bar = indicatif::ProgressBar::new(cfg.optim.num_iters);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} it  {per_sec}  ETA {eta}  {msg}")
             .expect("valid template"),
@@ -250,40 +184,39 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     bar.set_position(start);
     bar.reset_eta();
 
-    let prefetch = Prefetcher::spawn(loader.clone(), start, cfg.num_iters, 2);
+    let prefetch = Prefetcher::spawn(loader.clone(), start, cfg.optim.num_iters, 2);
     let t0 = Instant::now();
     let mut done = start;
-    for i in start..cfg.num_iters {
+    for i in start..cfg.optim.num_iters {
         if STOP.load(Ordering::Relaxed) {
             break;
         }
         let (g_lr, d_lr) = cfg.learning_rates(i);
         model.set_lr(g_lr, d_lr);
-        let host = prefetch.next().ok_or_else(|| Error::Config("the data loader stopped".into()))??;
+        let host = prefetch.next().ok_or_else(|| Error::Internal("the data loader stopped".into()))??;
         let mut logged = Vec::new();
         for hb in &host {
-            let b = to_batch(hb, i, cfg.seed, device);
-            let (d, g) = model.iteration(&b, (i + 1) % cfg.n_critic == 0, cfg.step_mode);
-            if (i + 1) % cfg.log_step == 0 {
+            let b = Batch::from_host(hb, i, cfg.seed, device);
+            let (d, g) = model.iteration(&b, (i + 1) % cfg.optim.n_critic == 0, cfg.optim.step_mode);
+            if (i + 1) % cfg.output.log_step == 0 {
                 logged.push((layout.domains[hb.source].name.clone(), loss_values(&d, g.as_ref())));
             }
         }
         done = i + 1;
         bar.set_position(done);
 
-        if done % cfg.log_step == 0 {
+        if done % cfg.output.log_step == 0 {
             log_step(&bar, &mut logs, &logged, done, cfg, t0, loader.skipped())?;
         }
-        if done % cfg.sample_step == 0 {
-            let path = cfg.sample_dir.join(format!("{done}-images.png"));
+        if done % cfg.output.sample_step == 0 {
+            let path = cfg.output.sample_dir.join(format!("{done}-images.png"));
             let grid = save_samples(&model, &fixed, &path)?;
             if let Some(tb) = logs.tb.as_mut() {
-                let q = image_io::quantize(&grid);
-                let (h, w, _) = q.size3().expect("HWC");
-                tb.add_image("samples", &checkpoint::tensor_bytes(&q), w as u32, h as u32, done as i64)?;
+                let (rgb, w, h) = image_io::to_rgb8(&grid)?;
+                tb.add_image("samples", &rgb, w, h, done as i64)?;
             }
         }
-        if done % cfg.model_save_step == 0 || done == cfg.num_iters {
+        if done % cfg.output.model_save_step == 0 || done == cfg.optim.num_iters {
             let path = save_checkpoint(&model, cfg, done)?;
             say(&bar, format!("Saved model checkpoints into {}...", path.display()));
         }
@@ -292,7 +225,7 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     if let Some(tb) = logs.tb.as_mut() {
         tb.flush()?;
     }
-    if done < cfg.num_iters {
+    if done < cfg.optim.num_iters {
         let path = save_checkpoint(&model, cfg, done)?;
         return Ok(Outcome::Interrupted { iteration: done, checkpoint: path });
     }
@@ -300,16 +233,16 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
 }
 
 fn resume_point(cfg: &TrainConfig) -> Result<Option<u64>> {
-    match cfg.resume_iters.as_deref() {
+    match cfg.optim.resume_iters.as_deref() {
         None => Ok(None),
-        Some("latest") => Ok(native::latest(&cfg.model_save_dir)),
+        Some("latest") => Ok(native::latest(&cfg.output.model_save_dir)),
         Some(n) => {
             let n: u64 = n.parse().map_err(|_| {
-                Error::Config(format!("--resume-iters takes an iteration or `latest`, not `{n}`"))
+                Error::Input(format!("--resume-iters takes an iteration or `latest`, not `{n}`"))
             })?;
-            let path = native::path_for(&cfg.model_save_dir, n);
+            let path = native::path_for(&cfg.output.model_save_dir, n);
             if !path.exists() {
-                return Err(Error::Config(format!(
+                return Err(Error::Input(format!(
                     "no checkpoint for iteration {n}: {} does not exist",
                     path.display()
                 )));
@@ -330,7 +263,7 @@ fn log_step(
 ) -> Result<()> {
     let multi = logged.len() > 1;
     for (dataset, values) in logged {
-        let mut line = format!("Elapsed [{}], Iteration [{done}/{}]", elapsed(t0), cfg.num_iters);
+        let mut line = format!("Elapsed [{}], Iteration [{done}/{}]", elapsed(t0), cfg.optim.num_iters);
         if multi {
             line.push_str(&format!(", Dataset [{dataset}]"));
         }
@@ -346,7 +279,7 @@ fn log_step(
         for (tag, v) in values {
             record.insert(tag.to_string(), (*v).into());
         }
-        let path = cfg.log_dir.join("metrics.jsonl");
+        let path = cfg.output.log_dir.join("metrics.jsonl");
         writeln!(logs.metrics, "{}", serde_json::Value::Object(record)).map_err(write_err(&path))?;
         if let Some(tb) = logs.tb.as_mut() {
             let prefix = if multi { format!("{dataset}/") } else { String::new() };

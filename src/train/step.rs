@@ -3,12 +3,16 @@
 //! The step takes everything random as input (the target permutation and the gradient-penalty
 //! mixing weights) so that the same step can replay the reference's fixtures or a resumed run.
 
+pub use crate::config::StepMode;
+use crate::config::TrainConfig;
+use crate::data::source::HostBatch;
 use crate::labels::LabelLayout;
 use crate::loss;
-use crate::model::{Discriminator, Generator, NormStats};
+use crate::model::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, NormStats};
 use crate::optim::Adam;
 use crate::precision::Precision;
-use tch::Tensor;
+use crate::rng::{Purpose, Stream};
+use tch::{Device, Tensor};
 
 /// Loss weights λ_cls, λ_rec, λ_gp.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -40,6 +44,26 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A host batch on `device`, with its iteration's target permutation and penalty weights
+    /// (functions of the seed, the data set and the iteration).
+    pub fn from_host(hb: &HostBatch, iteration: u64, seed: u64, device: Device) -> Batch {
+        let k = hb.source as u64;
+        let perm: Vec<i64> = Stream::new(seed, Purpose::TargetPermutation, &[k, iteration])
+            .permutation(hb.len())
+            .into_iter()
+            .map(|i| i as i64)
+            .collect();
+        let mut mix = Stream::new(seed, Purpose::PenaltyMix, &[k, iteration]);
+        let alpha: Vec<f32> = (0..hb.len()).map(|_| mix.uniform_f32()).collect();
+        Batch {
+            x: crate::batch::images_tensor(hb).to_device(device),
+            domain: hb.source,
+            label: crate::batch::labels_tensor(&hb.labels).to_device(device),
+            rand_idx: Tensor::from_slice(&perm).to_device(device),
+            alpha: Tensor::from_slice(&alpha).to_device(device),
+        }
+    }
+
     pub fn label_trg(&self) -> Tensor {
         self.label.index_select(0, &self.rand_idx)
     }
@@ -64,24 +88,6 @@ pub struct GLosses {
     pub total: Tensor,
 }
 
-/// How an iteration is computed.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum StepMode {
-    /// Operation for operation as the reference (bit-identical results).
-    Reference,
-    /// The same objective with less work: in iterations with a G step, G(x, c_trg) is computed once
-    /// (with its graph) and shared by the D and G updates, where the reference computes it twice
-    /// with the same weights (otherwise it is computed without a graph); D judges the real and the
-    /// generated images in one pass. Losses and gradients equal the reference's up to rounding (the
-    /// parity tests hold it to the same bounds); the instance-norm running averages move as the
-    /// reference moves them (see `NormStats::PerImageTwice`).
-    #[default]
-    Fast,
-}
-
 /// The two networks, their optimisers and the objective's weights.
 #[derive(Debug)]
 pub struct StarGan {
@@ -100,6 +106,28 @@ fn gradients(loss: &Tensor, params: &[Tensor]) -> Vec<Tensor> {
     Tensor::run_backward(&[loss], params, false, false)
 }
 
+/// Which network a set of gradients belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Net {
+    G,
+    D,
+}
+
+/// Runs between a network's backward pass and its optimiser step, with its gradients in parameter
+/// order: the place for an all-reduce across processes, clipping or accumulation.
+pub trait GradientHook {
+    fn gradients(&mut self, net: Net, grads: &mut [Tensor]) -> crate::error::Result<()>;
+}
+
+/// The hook of a single process: gradients go to the optimiser as they are.
+pub struct NoHook;
+
+impl GradientHook for NoHook {
+    fn gradients(&mut self, _: Net, _: &mut [Tensor]) -> crate::error::Result<()> {
+        Ok(())
+    }
+}
+
 impl StarGan {
     pub fn new(
         g: Generator,
@@ -112,6 +140,29 @@ impl StarGan {
         let g_opt = Adam::new(&g.weights.parameters(), lr.0, betas.0, betas.1);
         let d_opt = Adam::new(&d.weights.parameters(), lr.1, betas.0, betas.1);
         Self { g, d, layout, lambdas, g_opt, d_opt, precision: Precision::Fp32 }
+    }
+
+    /// Networks sized by the configuration for the given label layout, initialised from the seed.
+    pub fn from_config(cfg: &TrainConfig, layout: LabelLayout, device: Device) -> StarGan {
+        tch::manual_seed(cfg.seed as i64);
+        let (m, o) = (&cfg.model, &cfg.optim);
+        let g = Generator::new(
+            GeneratorConfig { conv_dim: m.g_conv_dim, c_dim: layout.g_dim(), repeat_num: m.g_repeat_num },
+            device,
+        );
+        let d = Discriminator::new(
+            DiscriminatorConfig {
+                image_size: cfg.data.image_size,
+                conv_dim: m.d_conv_dim,
+                c_dim: layout.d_dim(),
+                repeat_num: m.d_repeat_num,
+            },
+            device,
+        );
+        let lambdas = Lambdas { cls: o.lambda_cls, rec: o.lambda_rec, gp: o.lambda_gp };
+        let mut model = StarGan::new(g, d, layout, lambdas, (o.g_lr, o.d_lr), (o.beta1, o.beta2));
+        model.precision = o.precision;
+        model
     }
 
     /// L_D = L_adv(real) + L_adv(fake) + λ_cls·L_cls(real, c_org) + λ_gp·GP.
@@ -193,24 +244,68 @@ impl StarGan {
         (losses, grads)
     }
 
+    /// Adam's step on D with these gradients.
+    pub fn apply_d(&mut self, grads: &[Tensor]) {
+        self.d_opt.step(&self.d.weights.parameters(), grads);
+    }
+
+    /// Adam's step on G with these gradients.
+    pub fn apply_g(&mut self, grads: &[Tensor]) {
+        self.g_opt.step(&self.g.weights.parameters(), grads);
+    }
+
     pub fn d_step(&mut self, b: &Batch) -> DLosses {
         let (losses, grads) = self.d_gradients(b);
-        self.d_opt.step(&self.d.weights.parameters(), &grads);
+        self.apply_d(&grads);
         losses
     }
 
     pub fn g_step(&mut self, b: &Batch) -> GLosses {
         let (losses, grads) = self.g_gradients(b);
-        self.g_opt.step(&self.g.weights.parameters(), &grads);
+        self.apply_g(&grads);
         losses
     }
 
     /// One iteration on one batch: the D update, then the G update when `with_g`.
     pub fn iteration(&mut self, b: &Batch, with_g: bool, mode: StepMode) -> (DLosses, Option<GLosses>) {
+        self.iteration_with(b, with_g, mode, &mut NoHook).expect("the identity hook cannot fail")
+    }
+
+    /// [`iteration`](Self::iteration) with `hook` run on each network's gradients before its
+    /// optimiser step (in both modes: D's, then G's).
+    pub fn iteration_with(
+        &mut self,
+        b: &Batch,
+        with_g: bool,
+        mode: StepMode,
+        hook: &mut dyn GradientHook,
+    ) -> crate::error::Result<(DLosses, Option<GLosses>)> {
         if mode == StepMode::Reference {
-            let d = self.d_step(b);
-            return (d, with_g.then(|| self.g_step(b)));
+            let (d, mut grads) = self.d_gradients(b);
+            hook.gradients(Net::D, &mut grads)?;
+            self.apply_d(&grads);
+            if !with_g {
+                return Ok((d, None));
+            }
+            let (g, mut grads) = self.g_gradients(b);
+            hook.gradients(Net::G, &mut grads)?;
+            self.apply_g(&grads);
+            return Ok((d, Some(g)));
         }
+        let (x_fake, d, mut grads) = self.fast_d_gradients(b, with_g);
+        hook.gradients(Net::D, &mut grads)?;
+        self.apply_d(&grads);
+        if !with_g {
+            return Ok((d, None));
+        }
+        let (g, mut grads) = self.fast_g_gradients(b, &x_fake);
+        hook.gradients(Net::G, &mut grads)?;
+        self.apply_g(&grads);
+        Ok((d, Some(g)))
+    }
+
+    /// The fast mode's D gradients, and G(x, c_trg) (with its graph when `with_g`, for the G loss).
+    fn fast_d_gradients(&self, b: &Batch, with_g: bool) -> (Tensor, DLosses, Vec<Tensor>) {
         let c_trg = self.layout.condition(b.domain, &b.label_trg());
         // The D update's region ends before its optimiser step: a cast weight cached across the
         // step would be stale. So the G loss gets a region (and casts of G's weights) of its own.
@@ -224,14 +319,35 @@ impl StarGan {
             (x_fake, d)
         });
         let grads = gradients(&d.total, &self.d.weights.parameters());
-        self.d_opt.step(&self.d.weights.parameters(), &grads);
-        if !with_g {
-            return (d, None);
-        }
-        let g = self.autocast(b, || self.g_loss_on(b, &x_fake));
+        (x_fake, d, grads)
+    }
+
+    /// The fast mode's G gradients on the shared G(x, c_trg).
+    fn fast_g_gradients(&self, b: &Batch, x_fake: &Tensor) -> (GLosses, Vec<Tensor>) {
+        let g = self.autocast(b, || self.g_loss_on(b, x_fake));
         let grads = gradients(&g.total, &self.g.weights.parameters());
-        self.g_opt.step(&self.g.weights.parameters(), &grads);
-        (d, Some(g))
+        (g, grads)
+    }
+
+    /// The parts a training checkpoint saves.
+    pub fn nets(&self) -> crate::checkpoint::native::Nets<'_> {
+        crate::checkpoint::native::Nets {
+            g: &self.g,
+            d: &self.d,
+            g_opt: &self.g_opt,
+            d_opt: &self.d_opt,
+            layout: &self.layout,
+        }
+    }
+
+    /// Restore a training checkpoint's weights, optimiser moments and learning rates.
+    pub fn restore(
+        &mut self,
+        loaded: &crate::checkpoint::native::Loaded,
+        path: &std::path::Path,
+    ) -> Result<(), crate::checkpoint::CheckpointError> {
+        let (g, d, layout) = (&self.g, &self.d, &self.layout);
+        crate::checkpoint::native::restore(loaded, (g, d), layout, &mut self.g_opt, &mut self.d_opt, path)
     }
 
     /// Set both learning rates (decay schedules).

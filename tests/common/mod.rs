@@ -87,27 +87,32 @@ pub fn assert_close_abs(what: &str, actual: &Tensor, expected: &Tensor, tol: f64
 
 /// A 16-px model with 8-channel networks on the built-in data, writing under `dir`: seconds per run.
 pub fn tiny_config(dir: &Path, iters: u64) -> stargan::config::TrainConfig {
-    stargan::config::TrainConfig {
-        image_size: 16,
-        g_conv_dim: 8,
-        d_conv_dim: 8,
-        g_repeat_num: 1,
-        d_repeat_num: 4,
-        batch_size: 4,
-        n_critic: 2,
-        num_iters: iters,
-        num_iters_decay: iters,
-        lr_update_step: 1,
-        log_step: 1000,
-        sample_step: 1000,
-        model_save_step: 1000,
+    use stargan::config::{DataConfig, ModelConfig, OptimConfig, OutputConfig, TrainConfig};
+    let base = TrainConfig::synthetic_default();
+    TrainConfig {
+        data: DataConfig { image_size: 16, ..base.data },
+        model: ModelConfig { g_conv_dim: 8, d_conv_dim: 8, g_repeat_num: 1, d_repeat_num: 4, ..base.model },
+        optim: OptimConfig {
+            batch_size: 4,
+            n_critic: 2,
+            num_iters: iters,
+            num_iters_decay: iters,
+            lr_update_step: 1,
+            ..base.optim
+        },
+        output: OutputConfig {
+            log_step: 1000,
+            sample_step: 1000,
+            model_save_step: 1000,
+            log_dir: dir.join("logs"),
+            model_save_dir: dir.join("models"),
+            sample_dir: dir.join("samples"),
+            result_dir: dir.join("results"),
+            ..base.output
+        },
         device: stargan::config::DeviceChoice::Cpu,
         threads: 1,
-        log_dir: dir.join("logs"),
-        model_save_dir: dir.join("models"),
-        sample_dir: dir.join("samples"),
-        result_dir: dir.join("results"),
-        ..stargan::config::TrainConfig::synthetic_default()
+        ..base
     }
 }
 

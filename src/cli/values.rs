@@ -1,0 +1,56 @@
+//! How the library's choice types read as flag values. The types live in the library without clap
+//! (ARCHITECTURE.md: nothing below `cli/` knows the command line); their names here are the ones
+//! their serde form uses in `--config` files.
+
+use crate::config::{DatasetKind, DeviceChoice, LrDecay, Precision, StepMode, SyntheticLabels};
+use clap::builder::PossibleValue;
+
+macro_rules! value_enum {
+    ($ty:ident { $($variant:ident => $name:literal $([$($alias:literal),*])? : $help:literal),* $(,)? }) => {
+        impl clap::ValueEnum for $ty {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$($ty::$variant),*]
+            }
+            fn to_possible_value(&self) -> Option<PossibleValue> {
+                Some(match self {
+                    $($ty::$variant => PossibleValue::new($name)$($(.alias($alias))*)?.help($help)),*
+                })
+            }
+        }
+    };
+}
+
+value_enum!(DatasetKind {
+    Celeba => "celeba" ["CelebA"]: "CelebA: list_attr_celeba.txt and img_align_celeba/, multi-label attributes",
+    Rafd => "rafd" ["RaFD"]: "RaFD: one sub-folder of images per expression",
+    Both => "both" ["Both"]: "CelebA and RaFD jointly, with the mask vector",
+    Folder => "folder": "Your own images: class sub-folders, or a folder plus an attribute file (CelebA format or CSV)",
+    Synthetic => "synthetic": "The built-in procedural faces (no download); --synthetic-split picks the label sets",
+});
+
+value_enum!(SyntheticLabels {
+    Celeba => "celeba": "Hair colour, male, young: multi-label, like CelebA",
+    Rafd => "rafd": "Eight expressions: one-hot, like RaFD",
+    Both => "both": "Both label sets jointly, with the mask vector",
+});
+
+value_enum!(LrDecay {
+    Linear => "linear": "Linear to zero over the last num_iters_decay iterations (the paper)",
+    Reference => "reference": "The reference code's schedule: lr only falls to about 0.999·lr",
+});
+
+value_enum!(DeviceChoice {
+    Auto => "auto": "CUDA when libtorch has it and a GPU is present, else the CPU",
+    Cpu => "cpu": "The CPU",
+    Cuda => "cuda": "The first CUDA device",
+});
+
+value_enum!(StepMode {
+    Reference => "reference": "Operation for operation as the reference (bit-identical results)",
+    Fast => "fast": "The same objective with less work (one shared G(x, c_trg), one D pass)",
+});
+
+value_enum!(Precision {
+    Fp32 => "fp32": "fp32 throughout",
+    Bf16 => "bf16": "Autocast: convolutions in bf16, weights, gradients and Adam in fp32",
+});
