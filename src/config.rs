@@ -311,6 +311,53 @@ impl TrainConfig {
                 return bad(format!("--{name} must be at least 1"));
             }
         }
+        let range = |name: &str, v: i64, r: std::ops::RangeInclusive<i64>| -> crate::error::Result<()> {
+            if r.contains(&v) {
+                Ok(())
+            } else {
+                bad(format!("--{name} {v} is outside {}..={}", r.start(), r.end()))
+            }
+        };
+        use crate::model::bounds;
+        range("g-conv-dim", m.g_conv_dim, bounds::CONV_DIM)?;
+        range("d-conv-dim", m.d_conv_dim, bounds::CONV_DIM)?;
+        range("g-repeat-num", m.g_repeat_num, bounds::G_REPEAT)?;
+        range("d-repeat-num", m.d_repeat_num, bounds::D_REPEAT)?;
+        range("c-dim", m.c_dim, bounds::C_DIM)?;
+        range("c2-dim", m.c2_dim, bounds::C_DIM)?;
+        range("image-size", d.image_size, 8..=bounds::IMAGE_SIZE.end().to_owned())?;
+        // A crop larger than this would zero-pad every image to gigabytes.
+        for (name, v) in [
+            ("celeba-crop-size", Some(d.celeba_crop_size)),
+            ("rafd-crop-size", Some(d.rafd_crop_size)),
+            ("crop-size", d.crop_size),
+        ] {
+            if let Some(v) = v {
+                range(name, v as i64, 1..=8192)?;
+            }
+        }
+        range("batch-size", o.batch_size as i64, 1..=4096)?;
+        range("threads", self.threads as i64, 0..=1024)?;
+        for (name, v, lo, hi) in [
+            ("g-lr", o.g_lr, f64::MIN_POSITIVE, 1.0),
+            ("d-lr", o.d_lr, f64::MIN_POSITIVE, 1.0),
+            ("beta1", o.beta1, 0.0, 1.0 - f64::EPSILON),
+            ("beta2", o.beta2, 0.0, 1.0 - f64::EPSILON),
+            ("lambda-cls", o.lambda_cls, 0.0, 1e6),
+            ("lambda-rec", o.lambda_rec, 0.0, 1e6),
+            ("lambda-gp", o.lambda_gp, 0.0, 1e6),
+        ] {
+            if !(v.is_finite() && (lo..=hi).contains(&v)) {
+                let what = if hi < 1.0 {
+                    "[0, 1)".to_string()
+                } else if lo > 0.0 {
+                    format!("(0, {hi}]")
+                } else {
+                    format!("[0, {hi:e}]")
+                };
+                return bad(format!("--{name} {v} must be a finite number in {what}"));
+            }
+        }
         if !(0..=30).contains(&m.d_repeat_num)
             || d.image_size % (1 << m.d_repeat_num) != 0
             || d.image_size >> m.d_repeat_num == 0

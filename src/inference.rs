@@ -99,6 +99,20 @@ fn reference_layout(c_dim: i64, names: Option<&[String]>, path: &Path) -> Result
     }
 }
 
+/// The largest label magnitude accepted: 0 and 1 are the trained values, a little beyond them
+/// exaggerates; far beyond them G's output saturates to flat colour.
+pub const MAX_LABEL_MAGNITUDE: f32 = 10.0;
+
+fn check_value(what: &str, v: f32) -> Result<f32> {
+    if !v.is_finite() {
+        Err(Error::Input(format!("{what}: `{v}` is not a finite number")))
+    } else if v.abs() > MAX_LABEL_MAGNITUDE {
+        Err(Error::Input(format!("{what}: {v} is outside [-{MAX_LABEL_MAGNITUDE}, {MAX_LABEL_MAGNITUDE}]")))
+    } else {
+        Ok(v)
+    }
+}
+
 /// One `NAME=VALUE` edit of a label.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Edit {
@@ -114,10 +128,7 @@ impl std::str::FromStr for Edit {
             .ok_or_else(|| Error::Input(format!("a label edit is NAME=VALUE, not `{s}`")))?;
         let value: f32 =
             value.trim().parse().map_err(|_| Error::Input(format!("{name}: `{value}` is not a number")))?;
-        if !value.is_finite() {
-            return Err(Error::Input(format!("{name}: `{value}` is not a finite number")));
-        }
-        Ok(Edit { name: name.trim().to_string(), value })
+        Ok(Edit { name: name.trim().to_string(), value: check_value(name, value)? })
     }
 }
 
@@ -137,8 +148,7 @@ impl Target {
         let values = text
             .split(',')
             .map(|v| match v.trim().parse::<f32>() {
-                Ok(x) if x.is_finite() => Ok(x),
-                Ok(_) => Err(Error::Input(format!("`{v}` is not a finite number"))),
+                Ok(x) => check_value("the target", x),
                 Err(_) => Err(Error::Input(format!("`{v}` is not a number"))),
             })
             .collect::<Result<_>>()?;
@@ -193,7 +203,12 @@ impl Model {
                     v.len()
                 )))
             }
-            Target::Vector(v) => return Ok(Tensor::from_slice(v).view([1, g_dim]).to_device(x.device())),
+            Target::Vector(v) => {
+                for &x in v {
+                    check_value("the target", x)?;
+                }
+                return Ok(Tensor::from_slice(v).view([1, g_dim]).to_device(x.device()));
+            }
             Target::Edits(e) if e.is_empty() => {
                 return Err(Error::Input("no target: give a label vector or label edits".into()))
             }
@@ -201,7 +216,8 @@ impl Model {
         };
         let placed: Vec<(usize, usize, f32)> = edits
             .iter()
-            .map(|e| self.find_label(&e.name).map(|(k, i)| (k, i, e.value)))
+            .map(|e| Ok((self.find_label(&e.name)?, check_value(&e.name, e.value)?)))
+            .map(|r: Result<_>| r.map(|((k, i), v)| (k, i, v)))
             .collect::<Result<_>>()?;
         let k = placed[0].0;
         if placed.iter().any(|e| e.0 != k) {

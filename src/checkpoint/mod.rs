@@ -212,12 +212,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
         .map_err(|source| CheckpointError::Write { path: path.to_path_buf(), source })
 }
 
-/// Write named tensors (and string metadata) as one safetensors file, atomically.
-pub fn write_safetensors(
-    path: &Path,
+/// Named tensors (and string metadata) as the bytes of one safetensors file (`path` names it in
+/// errors).
+pub fn safetensors_bytes(
     tensors: &[(String, Tensor)],
     metadata: Option<HashMap<String, String>>,
-) -> Result<(), CheckpointError> {
+    path: &Path,
+) -> Result<Vec<u8>, CheckpointError> {
     let owned: Vec<(String, Owned)> = tensors
         .iter()
         .map(|(n, t)| {
@@ -230,13 +231,21 @@ pub fn write_safetensors(
         })
         .collect();
     let views: Vec<(&str, &Owned)> = owned.iter().map(|(n, o)| (n.as_str(), o)).collect();
-    let bytes = safetensors::serialize(views, &metadata)
-        .map_err(|e| CheckpointError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
-    write_atomic(path, &bytes)
+    safetensors::serialize(views, &metadata)
+        .map_err(|e| CheckpointError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })
 }
 
-/// Write named tensors as a reference-format `torch.save` zip file (`{step}-G.ckpt`), atomically.
-pub fn write_torch(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), CheckpointError> {
+/// Write named tensors (and string metadata) as one safetensors file, atomically.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), CheckpointError> {
+    write_atomic(path, &safetensors_bytes(tensors, metadata, path)?)
+}
+
+/// Named tensors as the bytes of a reference-format `torch.save` zip file named `path`.
+pub fn torch_bytes(tensors: &[(String, Tensor)], path: &Path) -> Result<Vec<u8>, CheckpointError> {
     let raw: Vec<(String, RawTensor)> = tensors
         .iter()
         .map(|(n, t)| {
@@ -250,8 +259,15 @@ pub fn write_torch(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), Chec
             (n.clone(), RawTensor { dtype, shape, data: tensor_bytes(&t) })
         })
         .collect();
-    torch_pickle::write_state_dict(path, &raw)
+    // torch names the archive's folder after the file's stem.
+    let stem = path.file_stem().and_then(|s| s.to_str()).filter(|s| !s.is_empty()).unwrap_or("archive");
+    torch_pickle::state_dict_bytes(stem, &raw)
         .map_err(|source| CheckpointError::Pickle { path: path.to_path_buf(), source })
+}
+
+/// Write named tensors as a reference-format `torch.save` zip file (`{step}-G.ckpt`), atomically.
+pub fn write_torch(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), CheckpointError> {
+    write_atomic(path, &torch_bytes(tensors, path)?)
 }
 
 /// Tensors whose names start with `prefix`, with the prefix removed (`G.main.0.weight` → `main.0.weight`).
@@ -267,6 +283,29 @@ fn shape_of(tensors: &HashMap<String, Tensor>, key: &str, path: &Path) -> Result
         path: path.to_path_buf(),
         reason: format!("no `{key}`: this is not a StarGAN network"),
     })
+}
+
+/// An architecture read from a file, accepted only within the model's bounds and when the file
+/// holds at least as many scalars (under `prefix`) as that network has weights: building it can
+/// then allocate no more than the file already brought in, whatever its header claims.
+pub(crate) fn check_architecture(
+    net: &str,
+    check: Result<(), String>,
+    scalars: i128,
+    tensors: &HashMap<String, Tensor>,
+    prefix: &str,
+    path: &Path,
+) -> Result<(), CheckpointError> {
+    let invalid = |reason: String| CheckpointError::Invalid { path: path.to_path_buf(), reason };
+    check.map_err(|e| invalid(format!("implausible {net}: {e}")))?;
+    let present: i128 =
+        tensors.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, t)| t.numel() as i128).sum();
+    if present < scalars {
+        return Err(invalid(format!(
+            "implausible {net}: it would have {scalars} weights but the file holds only {present} values"
+        )));
+    }
+    Ok(())
 }
 
 /// The generator's architecture, read off its weights: conv_dim and c_dim from `main.0.weight`
@@ -288,7 +327,9 @@ pub fn infer_generator(
         .keys()
         .filter_map(|k| k.strip_prefix("main.")?.split_once(".main.").map(|(i, _)| i))
         .collect();
-    Ok(GeneratorConfig { conv_dim: s[0], c_dim: s[1] - 3, repeat_num: blocks.len() as i64 })
+    let cfg = GeneratorConfig { conv_dim: s[0], c_dim: s[1] - 3, repeat_num: blocks.len() as i64 };
+    check_architecture("generator", cfg.check(), cfg.weight_scalars(), tensors, "", path)?;
+    Ok(cfg)
 }
 
 /// The discriminator's architecture: repeat_num from its `main.{2i}` convolutions, conv_dim from
@@ -301,16 +342,31 @@ pub fn infer_discriminator(
     let head = shape_of(tensors, "conv2.weight", path)?;
     let repeat_num =
         (0..).take_while(|i| tensors.contains_key(&format!("main.{}.weight", 2 * i))).count() as i64;
-    if first.len() != 4 || head.len() != 4 || first[1] != 3 {
+    if first.len() != 4 || head.len() != 4 || first[1] != 3 || head[2] != head[3] || head[2] < 1 {
         return Err(CheckpointError::Invalid {
             path: path.to_path_buf(),
             reason: format!("weights of shapes {first:?} and {head:?} are not a StarGAN discriminator"),
         });
     }
-    Ok(DiscriminatorConfig {
+    let invalid = |reason: String| CheckpointError::Invalid { path: path.to_path_buf(), reason };
+    crate::model::in_range(
+        "implausible discriminator: repeat_num",
+        repeat_num,
+        crate::model::bounds::D_REPEAT,
+    )
+    .map_err(invalid)?;
+    crate::model::in_range(
+        "implausible discriminator: head kernel",
+        head[2],
+        crate::model::bounds::IMAGE_SIZE,
+    )
+    .map_err(invalid)?;
+    let cfg = DiscriminatorConfig {
         image_size: head[2] << repeat_num,
         conv_dim: first[0],
         c_dim: head[0],
         repeat_num,
-    })
+    };
+    check_architecture("discriminator", cfg.check(), cfg.weight_scalars(), tensors, "", path)?;
+    Ok(cfg)
 }

@@ -46,6 +46,34 @@ pub fn latest(dir: &Path) -> Option<u64> {
         .max()
 }
 
+/// Every iteration with a checkpoint in `dir`, newest first.
+pub fn all(dir: &Path) -> Vec<u64> {
+    let mut its: Vec<u64> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(SUFFIX)?.parse().ok())
+        .collect();
+    its.sort_unstable_by(|a, b| b.cmp(a));
+    its
+}
+
+/// Checkpoints that did not read back, with why.
+pub type Broken = Vec<(PathBuf, CheckpointError)>;
+
+/// The newest checkpoint in `dir` that reads back whole, with the newer ones that did not (each
+/// with its error).
+pub fn latest_valid(dir: &Path) -> (Option<(u64, Loaded)>, Broken) {
+    let mut broken = Vec::new();
+    for it in all(dir) {
+        let path = path_for(dir, it);
+        match load(&path) {
+            Ok(l) => return (Some((it, l)), broken),
+            Err(e) => broken.push((path, e)),
+        }
+    }
+    (None, broken)
+}
+
 /// What a training checkpoint holds of a run: both networks, their optimisers, the labels.
 pub struct Nets<'a> {
     pub g: &'a Generator,
@@ -108,10 +136,49 @@ impl Loaded {
 pub fn meta_of(file: &TensorFile, path: &Path) -> Result<Option<Meta>, CheckpointError> {
     match file.metadata.get(META_KEY) {
         None => Ok(None),
-        Some(json) => serde_json::from_str(json).map(Some).map_err(|e| CheckpointError::Invalid {
-            path: path.to_path_buf(),
-            reason: format!("unreadable training metadata: {e}"),
-        }),
+        Some(json) => {
+            let meta: Meta = serde_json::from_str(json).map_err(|e| CheckpointError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("unreadable training metadata: {e}"),
+            })?;
+            // A header-only read (no tensors) checks the values alone; a full read also checks
+            // that the file holds the weights its metadata describes.
+            if file.tensors.is_empty() {
+                let invalid = |e: String| CheckpointError::Invalid { path: path.to_path_buf(), reason: e };
+                meta.g.check().map_err(|e| invalid(format!("implausible generator: {e}")))?;
+                meta.d.check().map_err(|e| invalid(format!("implausible discriminator: {e}")))?;
+            } else {
+                let (g, d) = (meta.g, meta.d);
+                super::check_architecture(
+                    "generator",
+                    g.check(),
+                    g.weight_scalars(),
+                    &file.tensors,
+                    "G.",
+                    path,
+                )?;
+                super::check_architecture(
+                    "discriminator",
+                    d.check(),
+                    d.weight_scalars(),
+                    &file.tensors,
+                    "D.",
+                    path,
+                )?;
+            }
+            if meta.layout.g_dim() != meta.g.c_dim || meta.layout.d_dim() != meta.d.c_dim {
+                return Err(CheckpointError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "its labels ({}) do not fit its networks (G takes {}, D predicts {})",
+                        meta.layout.describe(),
+                        meta.g.c_dim,
+                        meta.d.c_dim
+                    ),
+                });
+            }
+            Ok(Some(meta))
+        }
     }
 }
 

@@ -1259,6 +1259,14 @@ fn long_value(bytes: &[u8]) -> Value {
 /// container, uncompressed, each record 64-byte aligned. The archive folder is the file stem,
 /// as torch names it. The file is written under a temporary name in the same folder, synced,
 /// then renamed over `path`, so a crash never leaves a half-written checkpoint behind.
+/// The bytes [`write_state_dict`] writes, for a file whose stem is `archive_name`.
+pub fn state_dict_bytes(archive_name: &str, tensors: &[(String, RawTensor)]) -> Result<Vec<u8>> {
+    validate_for_writing(tensors)?;
+    let cursor = write_archive(Cursor::new(Vec::new()), archive_name, tensors)
+        .map_err(|e| PickleError::Io { path: PathBuf::from(archive_name), source: io::Error::other(e) })?;
+    Ok(cursor.into_inner())
+}
+
 pub fn write_state_dict(path: &Path, tensors: &[(String, RawTensor)]) -> Result<()> {
     validate_for_writing(tensors)?;
     let io_err = |source: io::Error| PickleError::Io { path: path.to_path_buf(), source };

@@ -213,7 +213,40 @@ impl RunArgs {
             None | Some("synthetic") => TrainConfig::synthetic_default(),
             Some(_) => TrainConfig::default(),
         };
-        TrainConfig::layered(&base, file, flags)
+        let cfg = TrainConfig::layered(&base, file, flags)?;
+        self.refuse_ignored(&cfg)?;
+        Ok(cfg)
+    }
+
+    /// Flags given for a dataset that has no use for them: an error, not silently dropped.
+    fn refuse_ignored(&self, cfg: &TrainConfig) -> Result<()> {
+        let d = cfg.data.dataset;
+        let celeba = matches!(d, DatasetKind::Celeba | DatasetKind::Both);
+        let given = [
+            ("--c-dim", self.c_dim.is_some() && !celeba, "the labels of this data set come from its files"),
+            (
+                "--c2-dim",
+                self.c2_dim.is_some() && d != DatasetKind::Both,
+                "it sizes RaFD's part in joint training",
+            ),
+            (
+                "--attr-path",
+                self.attr_path.is_some() && !celeba && d != DatasetKind::Folder,
+                "this data set has no attribute file",
+            ),
+            (
+                "--synthetic-split",
+                self.synthetic_split.is_some() && d != DatasetKind::Synthetic,
+                "it picks the built-in data's labels",
+            ),
+        ];
+        match given.iter().find(|(_, bad, _)| *bad) {
+            Some((flag, _, why)) => Err(Error::Input(format!(
+                "{flag} does not apply to --dataset {}: {why}",
+                toml::Value::try_from(d).map(|v| v.as_str().unwrap_or("?").to_string()).unwrap_or_default()
+            ))),
+            None => Ok(()),
+        }
     }
 }
 

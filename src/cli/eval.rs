@@ -8,8 +8,9 @@
 //! give the data flags as for `stargan train`.
 //!
 //! Where the judge classifier is cached: `--classifier`, else `--model-save-dir` when given, else
-//! the checkpoint's own folder (a training configuration's relative `model_save_dir` names the
-//! folder as seen from where training ran, which need not be the current directory).
+//! a training checkpoint's own folder (a training configuration's relative `model_save_dir` names
+//! the folder as seen from where training ran, which need not be the current directory), else
+//! (reference checkpoints, whose folder may be read-only or shared) `<result-dir>/judges`.
 
 use crate::config::{DeviceChoice, TrainConfig};
 use crate::error::Result;
@@ -52,7 +53,12 @@ pub fn data_config(args: &EvalArgs) -> Result<TrainConfig> {
 /// The library options for these flags.
 pub fn options(args: &EvalArgs) -> Result<EvalOptions> {
     let mut data = data_config(args)?;
-    if args.run.model_save_dir.is_none() {
+    let is_training = training_meta(&args.checkpoint)?.is_some();
+    if args.run.model_save_dir.is_none() && !is_training {
+        // A reference checkpoint's folder may be read-only or shared: the judge goes with the
+        // results instead.
+        data.output.model_save_dir = data.output.result_dir.join("judges");
+    } else if args.run.model_save_dir.is_none() {
         if let Some(dir) = args.checkpoint.parent() {
             data.output.model_save_dir =
                 if dir.as_os_str().is_empty() { ".".into() } else { dir.to_path_buf() };

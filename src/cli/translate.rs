@@ -3,6 +3,7 @@
 use crate::checkpoint::{self, infer_discriminator, infer_generator, native, read_tensors};
 use crate::error::{Error, Result};
 use crate::image_io;
+use crate::image_io::ImageFormat;
 use crate::inference::{self, Edit, Target};
 use crate::model::{Discriminator, Generator, NormStats};
 use std::path::{Path, PathBuf};
@@ -97,22 +98,48 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
         NormChoice::PerImage => NormStats::PerImageFrozen,
         NormChoice::Running => NormStats::Running,
     };
+    // Where each output goes, checked before anything is decoded or written.
+    let outputs: Vec<(PathBuf, ImageFormat)> = if to_folder {
+        inputs
+            .iter()
+            .map(|p| {
+                let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                (args.output.join(format!("{stem}.png")), ImageFormat::Png)
+            })
+            .collect()
+    } else {
+        let format = match args.output.extension() {
+            None => ImageFormat::Png,
+            Some(_) => ImageFormat::from_path(&args.output).ok_or_else(|| {
+                Error::Input(format!("--output {}: write .png or .jpg", args.output.display()))
+            })?,
+        };
+        vec![(args.output.clone(), format)]
+    };
+    let mut seen = std::collections::HashMap::new();
+    for ((out, _), input) in outputs.iter().zip(&inputs) {
+        if let Some(first) = seen.insert(out.clone(), input) {
+            return Err(Error::Input(format!(
+                "{} and {} would both be written to {}; put one of them elsewhere",
+                first.display(),
+                input.display(),
+                out.display()
+            )));
+        }
+        crate::files::destination(out).map_err(|e| Error::Input(format!("--output: {e}")))?;
+    }
     // Decode everything first: a bad input fails before any output is written.
     let images: Vec<Tensor> = inputs.iter().map(|p| image_io::load_input(p, size)).collect::<Result<_>>()?;
     let mut written = Vec::new();
-    for (path, x) in inputs.iter().zip(images) {
+    for ((out, format), x) in outputs.into_iter().zip(images) {
         let x = x.to_device(device);
         let y = model.translate_image(&x, &target, stats, args.precision).map_err(|e| match e {
             Error::Input(m) => Error::Input(format!("{flag}: {m}")),
             e => e,
         })?;
-        let out = if to_folder {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            args.output.join(format!("{stem}.png"))
-        } else {
-            args.output.clone()
-        };
-        image_io::save_png(&out, &y)?;
+        let bytes = image_io::encode(&y, format)?;
+        crate::files::write_atomic(&out, &bytes)
+            .map_err(|source| Error::Write { path: out.clone(), source })?;
         written.push(out);
     }
     Ok(written)
@@ -203,38 +230,39 @@ pub enum ExportFormat {
 }
 
 pub fn export(args: &ExportArgs) -> Result<Vec<PathBuf>> {
-    let loaded = native::load(&args.checkpoint)?;
+    let path = &args.checkpoint;
+    let loaded = native::load(path)?;
     let it = loaded.meta.iteration;
-    let mut written = Vec::new();
-    for (net, tensors) in [("G", loaded.generator()), ("D", loaded.discriminator())] {
-        // Reference state-dict order is the order our networks list their weights in.
-        let order: Vec<String> = match net {
-            "G" => Generator::new(loaded.meta.g, Device::Cpu)
-                .weights
-                .iter()
-                .map(|(k, _, _)| k.to_string())
-                .collect(),
-            _ => Discriminator::new(loaded.meta.d, Device::Cpu)
-                .weights
-                .iter()
-                .map(|(k, _, _)| k.to_string())
-                .collect(),
-        };
-        let named: Vec<(String, Tensor)> =
-            order.iter().map(|k| (k.clone(), tensors[k].shallow_clone())).collect();
-        let path = match args.format {
+    let weights_err = |source| Error::Weights { path: path.clone(), source };
+    // Both networks checked and encoded before either file is written.
+    let g = Generator::new(loaded.meta.g, Device::Cpu);
+    g.weights.load(&loaded.generator()).map_err(weights_err)?;
+    let d = Discriminator::new(loaded.meta.d, Device::Cpu);
+    d.weights.load(&loaded.discriminator()).map_err(weights_err)?;
+    let mut files = Vec::new();
+    for (net, weights) in [("G", g.weights.snapshot()), ("D", d.weights.snapshot())] {
+        // snapshot() lists the reference's state-dict order.
+        let (name, bytes) = match args.format {
             ExportFormat::Safetensors => {
-                let p = args.out_dir.join(format!("{it}-{net}.safetensors"));
-                checkpoint::write_safetensors(&p, &named, None)?;
-                p
+                (format!("{it}-{net}.safetensors"), checkpoint::safetensors_bytes(&weights, None, path)?)
             }
-            ExportFormat::Torch => {
-                let p = args.out_dir.join(format!("{it}-{net}.ckpt"));
-                checkpoint::write_torch(&p, &named)?;
-                p
-            }
+            ExportFormat::Torch => (format!("{it}-{net}.ckpt"), checkpoint::torch_bytes(&weights, path)?),
         };
-        written.push(path);
+        files.push((args.out_dir.join(name), bytes));
+    }
+    for (p, _) in &files {
+        crate::files::destination(p).map_err(|source| Error::Write { path: p.clone(), source })?;
+    }
+    let mut written: Vec<PathBuf> = Vec::new();
+    for (p, bytes) in &files {
+        if let Err(source) = crate::files::write_atomic(p, bytes) {
+            // All of one export or none: take back what this export wrote.
+            for w in &written {
+                let _ = std::fs::remove_file(w);
+            }
+            return Err(Error::Write { path: p.clone(), source });
+        }
+        written.push(p.clone());
     }
     Ok(written)
 }

@@ -103,6 +103,33 @@ pub struct AttributeTable {
     values: Vec<bool>,
 }
 
+/// The rows seen so far, to refuse a file listed twice.
+#[derive(Default)]
+struct Rows {
+    seen: std::collections::HashMap<String, (usize, Vec<bool>)>,
+}
+
+impl Rows {
+    /// A row's file name must stay inside the image folder (relative, no `..`), and name a file
+    /// not listed before.
+    fn check(&mut self, name: &str, values: &[bool], line: usize) -> std::result::Result<(), String> {
+        let p = Path::new(name);
+        if p.is_absolute() || name.starts_with(['/', '\\']) || name.contains(':') {
+            return Err(format!("{name}: an image name must be relative to the image folder"));
+        }
+        if p.components().any(|c| matches!(c, std::path::Component::ParentDir))
+            || name.split(['/', '\\']).any(|c| c == "..")
+        {
+            return Err(format!("{name}: an image name may not leave the image folder (`..`)"));
+        }
+        if let Some((first, before)) = self.seen.insert(name.to_owned(), (line, values.to_vec())) {
+            let how = if before == values { "again" } else { "again, with other labels" };
+            return Err(format!("{name} is listed {how} (first on line {first})"));
+        }
+        Ok(())
+    }
+}
+
 impl AttributeTable {
     /// Reads and parses an attribute file, detecting its format
     /// (see [`AttrFormat::detect`]).
@@ -139,6 +166,7 @@ impl AttributeTable {
         let n_attrs = attr_names.len();
         let mut filenames = Vec::with_capacity(declared_count.min(1 << 20));
         let mut values = Vec::with_capacity(filenames.capacity().saturating_mul(n_attrs).min(1 << 26));
+        let mut rows = Rows::default();
         for (line_no, line) in lines {
             let mut fields = line.split_whitespace();
             let Some(filename) = fields.next() else {
@@ -169,6 +197,7 @@ impl AttributeTable {
                     format!("{filename}: expected {n_attrs} attribute values, found {found}"),
                 ));
             }
+            rows.check(filename, &values[values.len() - n_attrs..], line_no).map_err(|m| err(line_no, m))?;
             filenames.push(filename.to_owned());
         }
         if filenames.is_empty() {
@@ -203,6 +232,7 @@ impl AttributeTable {
         let n_attrs = attr_names.len();
         let mut filenames = Vec::new();
         let mut values = Vec::new();
+        let mut rows = Rows::default();
         for (line_no, line) in lines {
             if line.trim().is_empty() {
                 continue;
@@ -223,6 +253,7 @@ impl AttributeTable {
                     err(line_no, format!("{filename}: attribute {name} has value {v:?}; expected 0 or 1"))
                 })?);
             }
+            rows.check(filename, &values[values.len() - n_attrs..], line_no).map_err(|m| err(line_no, m))?;
             filenames.push(filename.clone());
         }
         if filenames.is_empty() {
@@ -562,6 +593,25 @@ mod tests {
                 assert_eq!(a.filename, b.filename);
             }
         }
+    }
+
+    #[test]
+    fn rows_outside_the_folder_or_listed_twice_are_refused() {
+        let csv = |rows: &str| AttributeTable::parse_csv(&format!("filename,Smiling\n{rows}"), "a.csv");
+        for (rows, mentions) in [
+            ("/etc/passwd,1\n", "relative to the image folder"),
+            ("../secret.jpg,1\n", "may not leave the image folder"),
+            ("sub/../../x.jpg,0\n", "may not leave the image folder"),
+            ("a.jpg,1\na.jpg,0\n", "again, with other labels (first on line 2)"),
+            ("a.jpg,1\nb.jpg,1\na.jpg,1\n", "a.jpg is listed again"),
+        ] {
+            let err = csv(rows).unwrap_err().to_string();
+            assert!(err.contains(mentions) && err.contains("a.csv:"), "{rows:?}: {err}");
+        }
+        assert!(csv("sub/a.jpg,1\nb.jpg,0\n").is_ok(), "sub-folders stay allowed");
+        let text = "2\nSmiling\nx.jpg 1\nx.jpg -1\n";
+        let err = AttributeTable::parse_celeba(text, "list.txt").unwrap_err().to_string();
+        assert!(err.contains("list.txt:4") && err.contains("other labels"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,43 @@ impl Default for DiscriminatorConfig {
 }
 
 impl DiscriminatorConfig {
+    /// Every value within [`super::bounds`], the image a multiple of 2^repeat_num, and the
+    /// network not larger than its bound.
+    pub fn check(&self) -> Result<(), String> {
+        use super::{bounds, in_range};
+        in_range("image_size", self.image_size, bounds::IMAGE_SIZE)?;
+        in_range("conv_dim", self.conv_dim, bounds::CONV_DIM)?;
+        in_range("c_dim", self.c_dim, bounds::C_DIM)?;
+        in_range("repeat_num", self.repeat_num, bounds::D_REPEAT)?;
+        if self.image_size % (1 << self.repeat_num) != 0 {
+            return Err(format!(
+                "image_size {} is not a multiple of 2^repeat_num = {}",
+                self.image_size,
+                1i64 << self.repeat_num
+            ));
+        }
+        let n = self.weight_scalars();
+        if n > bounds::SCALARS {
+            return Err(format!(
+                "a discriminator of {n} weights is larger than the {} allowed",
+                bounds::SCALARS
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of weights and biases, exact in `i128` for in-range fields.
+    pub fn weight_scalars(&self) -> i128 {
+        let (mut n, mut dim_in, mut dim) = (0i128, 3i128, self.conv_dim as i128);
+        for _ in 0..self.repeat_num.clamp(0, 64) {
+            n += dim * dim_in * 16 + dim;
+            dim_in = dim;
+            dim = dim.saturating_mul(2);
+        }
+        let k = (self.image_size >> self.repeat_num.clamp(0, 63)) as i128;
+        n + dim_in * 9 + self.c_dim as i128 * dim_in * k * k
+    }
+
     /// Kernel of the classification head: the feature map's side after `repeat_num` halvings.
     pub fn cls_kernel(&self) -> i64 {
         self.image_size >> self.repeat_num

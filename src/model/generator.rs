@@ -22,6 +22,28 @@ impl Default for GeneratorConfig {
     }
 }
 
+impl GeneratorConfig {
+    /// Every value within [`super::bounds`], and the network not larger than its bound.
+    pub fn check(&self) -> Result<(), String> {
+        use super::{bounds, in_range};
+        in_range("conv_dim", self.conv_dim, bounds::CONV_DIM)?;
+        in_range("c_dim", self.c_dim, bounds::C_DIM)?;
+        in_range("repeat_num", self.repeat_num, bounds::G_REPEAT)?;
+        let n = self.weight_scalars();
+        if n > bounds::SCALARS {
+            return Err(format!("a generator of {n} weights is larger than the {} allowed", bounds::SCALARS));
+        }
+        Ok(())
+    }
+
+    /// Number of convolution weights (norm parameters and buffers aside), exact in `i128` for any
+    /// `i64` fields.
+    pub fn weight_scalars(&self) -> i128 {
+        let (d, c, r) = (self.conv_dim as i128, self.c_dim as i128, self.repeat_num as i128);
+        d * (3 + c) * 49 + 2 * (2 * d * d * 16 + 8 * d * d * 16) + r * 2 * 16 * d * d * 9 + 3 * d * 49
+    }
+}
+
 #[derive(Debug)]
 struct ConvNorm {
     weight: Tensor,

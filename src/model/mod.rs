@@ -13,6 +13,28 @@ pub use generator::{Generator, GeneratorConfig};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
+/// Bounds on architectures read from files and flags: far above anything StarGAN is trained with
+/// (the paper: conv_dim 64, 6 blocks, 128 or 256 px, 5 to 13 labels), and low enough that no value
+/// asks for more memory than a machine has before anything is checked against real weights.
+pub mod bounds {
+    pub const CONV_DIM: std::ops::RangeInclusive<i64> = 1..=1024;
+    pub const G_REPEAT: std::ops::RangeInclusive<i64> = 0..=64;
+    pub const D_REPEAT: std::ops::RangeInclusive<i64> = 1..=12;
+    pub const C_DIM: std::ops::RangeInclusive<i64> = 1..=1024;
+    pub const IMAGE_SIZE: std::ops::RangeInclusive<i64> = 1..=4096;
+    /// Weight scalars of one network (4 GiB in fp32).
+    pub const SCALARS: i128 = 1 << 30;
+}
+
+/// `name value` inside `range`, else a message naming both.
+pub(crate) fn in_range(name: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<(), String> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{name} {value} is outside {}..={}", range.start(), range.end()))
+    }
+}
+
 /// Whether a named tensor is trained by the optimiser or only carried along (running statistics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -110,6 +132,11 @@ impl Weights {
             return Err(WeightsError::Unexpected(unexpected[0].clone(), unexpected.len()));
         }
         Ok(())
+    }
+
+    /// Whether every entry holds finite numbers only.
+    pub fn all_finite(&self) -> bool {
+        tch::no_grad(|| self.entries.iter().all(|(_, t, _)| t.isfinite().all().int64_value(&[]) == 1))
     }
 
     /// Detached copies of every entry, in state-dict order (what `state_dict()` returns).

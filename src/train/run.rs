@@ -110,6 +110,16 @@ fn save_samples(model: &StarGan, fixed: &Fixed, path: &Path) -> Result<Tensor> {
 }
 
 fn save_checkpoint(model: &StarGan, cfg: &TrainConfig, iteration: u64) -> Result<PathBuf> {
+    // No checkpoint of non-finite weights is ever written: it would replace the last good one as
+    // `latest` and poison every run resumed from it.
+    if !(model.g.weights.all_finite() && model.d.weights.all_finite()) {
+        let kept = native::all(&cfg.output.model_save_dir).first().copied();
+        return Err(Error::Input(format!(
+            "iteration {iteration}: the weights are not finite; the run stopped without saving{}; \
+             lower the learning rates or check the data",
+            kept.map(|k| format!(" (checkpoint {k} is the last good one)")).unwrap_or_default()
+        )));
+    }
     let path = native::path_for(&cfg.output.model_save_dir, iteration);
     native::save(&path, model.nets(), iteration, cfg)?;
     if cfg.output.save_reference_format {
@@ -147,10 +157,16 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     let loader = Arc::new(Loader::new(srcs, cfg.optim.batch_size, cfg.seed, true)?);
     let mut model = StarGan::from_config(cfg, layout.clone(), device);
 
+    // One run per folder: a second trainer would interleave the logs and overwrite checkpoints.
+    let _lock = crate::files::DirLock::acquire(&cfg.output.model_save_dir).map_err(Error::Input)?;
+    for dir in [&cfg.output.model_save_dir, &cfg.output.sample_dir, &cfg.output.log_dir] {
+        for p in crate::files::remove_stale_temporaries(dir) {
+            tracing::info!("removed {}, left by an interrupted write", p.display());
+        }
+    }
     let start = match resume_point(cfg)? {
-        Some(iteration) => {
-            let path = native::path_for(&cfg.output.model_save_dir, iteration);
-            let loaded = native::load(&path)?;
+        Some((iteration, path, loaded)) => {
+            check_resumable(cfg, &loaded.meta, iteration, &path)?;
             model.restore(&loaded, &path)?;
             tracing::info!("resumed from {} (iteration {iteration})", path.display());
             iteration
@@ -160,6 +176,7 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     create_dirs(cfg)?;
     write_config(cfg)?;
     let metrics_path = cfg.output.log_dir.join("metrics.jsonl");
+    truncate_metrics(&metrics_path, start)?;
     let metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -198,6 +215,19 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
         for hb in &host {
             let b = Batch::from_host(hb, i, cfg.seed, device);
             let (d, g) = model.iteration(&b, (i + 1) % cfg.optim.n_critic == 0, cfg.optim.step_mode);
+            // A non-finite loss has already poisoned the weights: stop before any of them is saved.
+            if !finite(&d, g.as_ref()) {
+                bar.finish_and_clear();
+                let kept = native::all(&cfg.output.model_save_dir).first().copied();
+                return Err(Error::Input(format!(
+                    "iteration {}: a loss is not finite (D {:.4}{}); the run stopped without saving{}; \
+                     lower the learning rates or check the data",
+                    i + 1,
+                    d.total.double_value(&[]),
+                    g.as_ref().map(|g| format!(", G {:.4}", g.total.double_value(&[]))).unwrap_or_default(),
+                    kept.map(|k| format!(" (checkpoint {k} is the last good one)")).unwrap_or_default()
+                )));
+            }
             if (i + 1) % cfg.output.log_step == 0 {
                 logged.push((layout.domains[hb.source].name.clone(), loss_values(&d, g.as_ref())));
             }
@@ -232,24 +262,99 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     Ok(Outcome::Finished { iterations: done })
 }
 
-fn resume_point(cfg: &TrainConfig) -> Result<Option<u64>> {
+/// The checkpoint to continue from, read: `--resume-iters N`, or the newest one that reads back
+/// whole for `latest` (saying which newer ones were skipped, or that there is none).
+fn resume_point(cfg: &TrainConfig) -> Result<Option<(u64, PathBuf, native::Loaded)>> {
+    let dir = &cfg.output.model_save_dir;
     match cfg.optim.resume_iters.as_deref() {
         None => Ok(None),
-        Some("latest") => Ok(native::latest(&cfg.output.model_save_dir)),
+        Some("latest") => {
+            let (found, broken) = native::latest_valid(dir);
+            for (path, e) in &broken {
+                tracing::warn!("skipping {}: {e}", path.display());
+            }
+            match found {
+                Some((it, loaded)) => Ok(Some((it, native::path_for(dir, it), loaded))),
+                None => {
+                    tracing::info!(
+                        "--resume-iters latest: no checkpoint in {}; starting from iteration 0",
+                        dir.display()
+                    );
+                    Ok(None)
+                }
+            }
+        }
         Some(n) => {
             let n: u64 = n.parse().map_err(|_| {
                 Error::Input(format!("--resume-iters takes an iteration or `latest`, not `{n}`"))
             })?;
-            let path = native::path_for(&cfg.output.model_save_dir, n);
+            let path = native::path_for(dir, n);
             if !path.exists() {
                 return Err(Error::Input(format!(
                     "no checkpoint for iteration {n}: {} does not exist",
                     path.display()
                 )));
             }
-            Ok(Some(n))
+            let loaded = native::load(&path)?;
+            Ok(Some((n, path, loaded)))
         }
     }
+}
+
+/// A resumed run continues bit for bit only with the settings that shape its batches and its
+/// randomness; anything else (the number of iterations, the output folders) may change.
+fn check_resumable(cfg: &TrainConfig, meta: &native::Meta, iteration: u64, path: &Path) -> Result<()> {
+    let was = &meta.config;
+    let mut differ = Vec::new();
+    if was.optim.batch_size != cfg.optim.batch_size {
+        differ.push(format!("--batch-size {} (now {})", was.optim.batch_size, cfg.optim.batch_size));
+    }
+    if was.seed != cfg.seed {
+        differ.push(format!("--seed {} (now {})", was.seed, cfg.seed));
+    }
+    if was.optim.n_critic != cfg.optim.n_critic {
+        differ.push(format!("--n-critic {} (now {})", was.optim.n_critic, cfg.optim.n_critic));
+    }
+    if !differ.is_empty() {
+        return Err(Error::Input(format!(
+            "{} was trained with {}; resuming with other values would not continue that run exactly",
+            path.display(),
+            differ.join(", ")
+        )));
+    }
+    if iteration > cfg.optim.num_iters {
+        return Err(Error::Input(format!(
+            "{} is at iteration {iteration}, past --num-iters {}; give a larger --num-iters",
+            path.display(),
+            cfg.optim.num_iters
+        )));
+    }
+    Ok(())
+}
+
+/// Keep the records of iterations up to `start` (a resumed run logs the rest again).
+fn truncate_metrics(path: &Path, start: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["iteration"].as_u64())
+                .is_some_and(|it| it <= start)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        crate::files::write_atomic(path, kept.as_bytes()).map_err(write_err(path))?;
+    }
+    Ok(())
+}
+
+/// Whether every loss of the iteration is a finite number.
+fn finite(d: &DLosses, g: Option<&GLosses>) -> bool {
+    let ok = |t: &Tensor| t.isfinite().all().int64_value(&[]) == 1;
+    ok(&d.total) && g.is_none_or(|g| ok(&g.total))
 }
 
 fn log_step(
@@ -290,7 +395,7 @@ fn log_step(
     }
     if let Some((_, values)) = logged.first() {
         let short: Vec<String> =
-            values.iter().map(|(t, v)| format!("{}={v:.3}", t.trim_start_matches("loss_"))).collect();
+            values.iter().map(|(t, v)| format!("{}={v:.3}", t.replacen("loss_", "", 1))).collect();
         bar.set_message(short.join(" "));
     }
     Ok(())
