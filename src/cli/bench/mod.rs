@@ -1,6 +1,9 @@
 //! `stargan bench`: time the training step, translation and the data loader, and, with
 //! `--reference PYTHON`, the PyTorch reference (`bench/reference.py`) on the same work, interleaved
 //! round by round (ours, theirs, ours, theirs ...) so that drift in the machine's speed hits both.
+//! This module is the harness (timing, models, report); `reference` drives the PyTorch side.
+
+mod reference;
 
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::source::Source;
@@ -58,6 +61,10 @@ pub struct BenchArgs {
     /// A Python with torch 2.13 to run bench/reference.py (e.g. `$(bench/setup-reference.sh)`).
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// The reference script (default: `bench/reference.py` of the current directory, else of the
+    /// source tree stargan was built from).
+    #[arg(long, value_name = "PATH")]
+    pub reference_script: Option<PathBuf>,
     /// JPEGs for the loader benchmark (default: 256 generated 178×218 faces in a temp folder).
     #[arg(long)]
     pub image_dir: Option<PathBuf>,
@@ -271,73 +278,6 @@ fn loader_images(dir: Option<&Path>) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Run bench/reference.py with the model configuration and `extra` arguments; its JSON lines.
-fn reference_json(
-    python: &Path,
-    args: &BenchArgs,
-    threads: usize,
-    extra: &[&str],
-) -> Result<Vec<serde_json::Value>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/reference.py");
-    let device = if matches!(args.device.resolve()?, Device::Cuda(_)) { "cuda" } else { "cpu" };
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .args(["--image-size", &args.image_size.to_string(), "--batch-size", &args.batch_size.to_string()])
-        .args(["--g-conv-dim", &args.g_conv_dim.to_string(), "--d-conv-dim", &args.d_conv_dim.to_string()])
-        .args([
-            "--g-repeat-num",
-            &args.g_repeat_num.to_string(),
-            "--d-repeat-num",
-            &args.d_repeat_num.to_string(),
-        ])
-        .args(["--c-dim", &args.c_dim.to_string(), "--n-critic", &args.n_critic.to_string()])
-        .args(["--threads", &threads.to_string(), "--device", device])
-        .args(["--precision", &args.precision.to_string()])
-        .args(extra)
-        .output()
-        .map_err(|source| Error::Read { path: python.to_path_buf(), source })?;
-    if !out.status.success() {
-        return Err(Error::Input(format!(
-            "reference benchmark failed: {}",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
-}
-
-fn reference_run(
-    python: &Path,
-    what: &str,
-    args: &BenchArgs,
-    threads: usize,
-    image_dir: &Path,
-) -> Result<(Vec<f64>, Option<f64>)> {
-    let (warmup, iters) = (args.warmup.to_string(), args.iters.to_string());
-    let dir = image_dir.to_string_lossy();
-    let extra = ["--what", what, "--warmup", &warmup, "--iters", &iters, "--image-dir", &dir];
-    let lines = reference_json(python, args, threads, &extra)?;
-    let v = lines
-        .iter()
-        .find(|v| v["what"] == what)
-        .ok_or_else(|| Error::Input(format!("reference benchmark printed no `{what}` result")))?;
-    let samples =
-        v["samples"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
-    Ok((samples, v["peak_rss_mb"].as_f64()))
-}
-
-/// The FLOPs the reference executes per measured unit (its own count, backward passes included),
-/// and a measured fp32 matmul rate to calibrate the machine's practical peak.
-fn flops_and_peak(
-    python: &Path,
-    args: &BenchArgs,
-    threads: usize,
-) -> Result<(serde_json::Value, Option<f64>)> {
-    let flops = reference_json(python, args, threads, &["--flops", "--count-flops"])?;
-    let executed = flops.first().map(|v| v["executed_flops"].clone()).unwrap_or_default();
-    let sgemm = reference_json(python, args, threads, &["--sgemm", "2048", "--warmup", "1", "--iters", "3"])?;
-    Ok((executed, sgemm.first().and_then(|v| v["gflops_median"].as_f64())))
-}
-
 /// Theoretical fp32 peak: cores × GHz × 32 FLOP/cycle (an AVX-512 FMA: 16 lanes × 2, one per cycle
 /// sustained on this class of core; a rough bound, which is why an sgemm is measured too).
 fn theoretical_peak_gflops(threads: usize) -> Option<f64> {
@@ -356,6 +296,11 @@ fn theoretical_peak_gflops(threads: usize) -> Option<f64> {
 /// Run the benchmark; returns the printed report.
 pub fn bench(args: &BenchArgs) -> Result<String> {
     let device = args.device.resolve()?;
+    let reference = args
+        .reference
+        .as_deref()
+        .map(|py| reference::Reference::new(py, args.reference_script.as_deref()))
+        .transpose()?;
     let threads = if args.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -378,8 +323,8 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
         args.image_size, args.batch_size, args.g_conv_dim, args.g_repeat_num, args.d_conv_dim, args.d_repeat_num,
         args.c_dim, args.n_critic, threads, device, args.step_mode, args.precision
     );
-    let (flops, sgemm) = match &args.reference {
-        Some(py) if device == Device::Cpu => flops_and_peak(py, args, threads)?,
+    let (flops, sgemm) = match &reference {
+        Some(r) if device == Device::Cpu => r.flops_and_peak(args, threads)?,
         _ => (serde_json::Value::Null, None),
     };
     report += "what        ours ms (median)   reference ms   speed-up (median of rounds, min-max)   peak RSS MB ours/ref   GFLOP/s ours/ref\n";
@@ -400,8 +345,8 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
                 peak_rss_mb: rss_o,
             });
             ours_m.push(mo);
-            if let Some(py) = &args.reference {
-                let (s, rss) = reference_run(py, what, args, threads, &image_dir)?;
+            if let Some(r) = &reference {
+                let (s, rss) = r.run(what, args, threads, &image_dir)?;
                 let mt = median(&s);
                 rss_t = rss;
                 all.push(Measurement {
