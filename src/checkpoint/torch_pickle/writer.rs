@@ -20,9 +20,8 @@ use crate::rng::Fnv1a;
 /// The bytes [`write_state_dict`] writes, for a file whose stem is `archive_name`.
 pub fn state_dict_bytes(archive_name: &str, tensors: &[(String, RawTensor)]) -> Result<Vec<u8>> {
     validate_for_writing(tensors)?;
-    let cursor = write_archive(Cursor::new(Vec::new()), archive_name, tensors).map_err(|e| PickleError::Io {
-        path: std::path::PathBuf::from(archive_name),
-        source: io::Error::other(e),
+    let cursor = write_archive(Cursor::new(Vec::new()), archive_name, tensors).map_err(|e| {
+        PickleError::Io { path: std::path::PathBuf::from(archive_name), source: io::Error::other(e) }
     })?;
     Ok(cursor.into_inner())
 }
