@@ -21,15 +21,18 @@ struct ZipStorages<'a> {
     archive: ZipArchive<Cursor<&'a [u8]>>,
     prefix: String,
     loaded: HashMap<String, Vec<u8>>,
+    /// What deflated entries may still inflate to ([`inflation_budget`]).
+    budget: u64,
 }
 
 impl StorageSource for ZipStorages<'_> {
     fn storage(&mut self, key: &str) -> Result<&[u8]> {
         if !self.loaded.contains_key(key) {
             let name = format!("{}data/{key}", self.prefix);
-            let bytes = read_zip_entry(&mut self.archive, &name)?.ok_or_else(|| {
-                PickleError::Corrupt(format!("the archive lacks the storage record {name:?}"))
-            })?;
+            let bytes =
+                read_zip_entry_within(&mut self.archive, &name, &mut self.budget)?.ok_or_else(|| {
+                    PickleError::Corrupt(format!("the archive lacks the storage record {name:?}"))
+                })?;
             self.loaded.insert(key.to_owned(), bytes);
         }
         Ok(self.loaded.get(key).map(Vec::as_slice).unwrap_or_default())
@@ -52,21 +55,57 @@ impl StorageSource for LegacyStorages<'_> {
 }
 
 /// Reads a whole zip entry, or `None` when the archive has no entry of that name.
+#[cfg(test)]
 pub(super) fn read_zip_entry(archive: &mut ZipArchive<Cursor<&[u8]>>, name: &str) -> Result<Option<Vec<u8>>> {
-    let mut file = match archive.by_name(name) {
+    let len = archive.clone().into_inner().into_inner().len() as u64;
+    read_zip_entry_within(archive, name, &mut inflation_budget(len))
+}
+
+/// How many bytes the entries of an archive of `len` bytes may inflate to in all. torch.save
+/// stores its records uncompressed (their bytes are the file's); a deflated entry (a re-zipped
+/// checkpoint) may expand at most 16-fold overall, so a small file cannot ask for gigabytes.
+pub(super) fn inflation_budget(len: u64) -> u64 {
+    len.saturating_mul(16).max(64 << 20)
+}
+
+/// An entry's bytes, refused before inflating when its declared size is over what `budget` has
+/// left, and cut off (as corrupt) where it produces more than it declared.
+pub(super) fn read_zip_entry_within(
+    archive: &mut ZipArchive<Cursor<&[u8]>>,
+    name: &str,
+    budget: &mut u64,
+) -> Result<Option<Vec<u8>>> {
+    let file = match archive.by_name(name) {
         Ok(file) => file,
         Err(zip::result::ZipError::FileNotFound) => return Ok(None),
         Err(e) => return Err(PickleError::Corrupt(format!("zip entry {name:?}: {e}"))),
     };
+    let declared = file.size();
+    if file.compression() != zip::CompressionMethod::Stored {
+        if declared > *budget {
+            return Err(PickleError::Unsupported(format!(
+                "zip entry {name:?} inflates to {declared} bytes, more than 16 times the file \
+                 (torch.save does not compress its records)"
+            )));
+        }
+        *budget -= declared;
+    }
     // No pre-allocation from the declared size: the buffer grows only with bytes actually
-    // produced, so a lying header cannot make us allocate more than the entry really holds
-    // (stored entries are bounded by the file; deflated ones by deflate's ~1:1032 ratio).
+    // produced, and never past what the entry declares.
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(|e| PickleError::Corrupt(format!("zip entry {name:?}: {e}")))?;
+    file.take(declared.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| PickleError::Corrupt(format!("zip entry {name:?}: {e}")))?;
+    if bytes.len() as u64 > declared {
+        return Err(PickleError::Corrupt(format!(
+            "zip entry {name:?} holds more than its declared {declared} bytes"
+        )));
+    }
     Ok(Some(bytes))
 }
 
 pub(super) fn read_zip(bytes: &[u8]) -> Result<Vec<(String, RawTensor)>> {
+    let mut budget = inflation_budget(bytes.len() as u64);
     let mut archive = ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| PickleError::Corrupt(format!("unreadable zip archive: {e}")))?;
     // torch looks for exactly one folder level: `<archive name>/data.pkl`.
@@ -83,7 +122,7 @@ pub(super) fn read_zip(bytes: &[u8]) -> Result<Vec<(String, RawTensor)>> {
         })?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_owned();
 
-    if let Some(order) = read_zip_entry(&mut archive, &format!("{prefix}byteorder"))? {
+    if let Some(order) = read_zip_entry_within(&mut archive, &format!("{prefix}byteorder"), &mut budget)? {
         if order.trim_ascii() != b"little" {
             return Err(PickleError::Unsupported(format!(
                 "storages are in {:?} byte order; only little-endian files are supported",
@@ -92,11 +131,11 @@ pub(super) fn read_zip(bytes: &[u8]) -> Result<Vec<(String, RawTensor)>> {
         }
     }
 
-    let pkl = read_zip_entry(&mut archive, &pkl_name)?.unwrap_or_default();
+    let pkl = read_zip_entry_within(&mut archive, &pkl_name, &mut budget)?.unwrap_or_default();
     let mut machine = Machine::new(&pkl, 0, "data.pkl");
     let root = machine.run()?;
     let entries = select_state_dict(&root, &machine.heap)?;
-    let mut source = ZipStorages { archive, prefix, loaded: HashMap::new() };
+    let mut source = ZipStorages { archive, prefix, loaded: HashMap::new(), budget };
     materialize(entries, &mut source)
 }
 

@@ -50,8 +50,12 @@ fn ints(values: &[i64], dtype: DType) -> Vec<u8> {
 
 /// A zip checkpoint with the given `data.pkl` and storage records.
 fn zip_ckpt(pkl: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
+    zip_ckpt_with(pkl, storages, CompressionMethod::Stored)
+}
+
+fn zip_ckpt_with(pkl: &[u8], storages: &[(&str, &[u8])], method: CompressionMethod) -> Vec<u8> {
     let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
-    let opts = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+    let opts = SimpleFileOptions::default().compression_method(method);
     zip.start_file("archive/data.pkl", opts).unwrap();
     zip.write_all(pkl).unwrap();
     for (key, data) in storages {
@@ -411,4 +415,25 @@ fn corrupted_bytes_never_panic() {
             let _ = read_state_dict_bytes(&bad);
         }
     }
+}
+
+/// A deflated entry is refused before it is inflated when it would expand past the budget (the
+/// 1.28 MB file that took `info` to 2.2 GB), and a stored one may not hold more than it declares.
+#[test]
+fn deflated_entries_cannot_inflate_past_the_budget() {
+    let pkl = tensor_pickle(DType::F32, 1, 0, &[1], &[1]);
+    let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
+    let deflated = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+    zip.start_file("archive/data.pkl", deflated).unwrap();
+    zip.write_all(&pkl).unwrap();
+    zip.start_file("archive/data/0", deflated).unwrap();
+    // 80 MB of zeros deflate to well under 1 MB.
+    zip.write_all(&vec![0u8; 80 << 20]).unwrap();
+    let bytes = zip.finish().unwrap().into_inner();
+    assert!(bytes.len() < 1 << 20, "{}", bytes.len());
+    let err = read_state_dict_bytes(&bytes).unwrap_err().to_string();
+    assert!(err.contains("inflates to 83886080 bytes"), "{err}");
+    // Within the budget, a deflated checkpoint still reads.
+    let small = zip_ckpt_with(&pkl, &[("0", &1.5f32.to_le_bytes())], CompressionMethod::Deflated);
+    assert_eq!(f32s(get(&read_state_dict_bytes(&small).unwrap(), "t")), vec![1.5]);
 }
