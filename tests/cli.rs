@@ -4,15 +4,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn stargan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stargan"))
-        .args(args)
-        .env("STARGAN_LOG", "warn")
-        .output()
-        .expect("run stargan")
-}
+use common::stargan;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/translate").join(name)

@@ -10,13 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use tch::{Kind, Tensor};
 
-fn stargan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stargan"))
-        .args(args)
-        .env("STARGAN_LOG", "warn")
-        .output()
-        .expect("run stargan")
-}
+use common::{stargan, with};
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch("hostile", name)
@@ -54,60 +48,11 @@ fn trained(dir: &Path) -> PathBuf {
     native::path_for(&cfg.output.model_save_dir, 2)
 }
 
-/// The CLI flags of `common::tiny_config` for a subprocess training run under `dir`.
-fn tiny_flags(dir: &Path, iters: u64) -> Vec<String> {
-    let d = |x: &str| dir.join(x).to_string_lossy().into_owned();
-    let mut v: Vec<String> = [
-        "train",
-        "--image-size",
-        "16",
-        "--g-conv-dim",
-        "8",
-        "--d-conv-dim",
-        "8",
-        "--g-repeat-num",
-        "1",
-        "--d-repeat-num",
-        "4",
-        "--batch-size",
-        "4",
-        "--n-critic",
-        "2",
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-        "--log-step",
-        "1",
-        "--sample-step",
-        "1000",
-        "--model-save-step",
-        "1000",
-        "--lr-update-step",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec();
-    v.extend(["--num-iters".into(), iters.to_string(), "--num-iters-decay".into(), iters.to_string()]);
-    v.extend(["--log-dir".into(), d("logs"), "--model-save-dir".into(), d("models")]);
-    v.extend(["--sample-dir".into(), d("samples"), "--result-dir".into(), d("results")]);
-    v
-}
-
-/// `flags` with each `--name value` of `extra` replacing the flag's value, or appended.
-fn with(flags: &[String], extra: &[&str]) -> Vec<String> {
-    let mut v = flags.to_vec();
-    let mut i = 0;
-    while i < extra.len() {
-        let value = extra.get(i + 1).filter(|x| !x.starts_with("--"));
-        match (v.iter().position(|f| f == extra[i]), value) {
-            (Some(at), Some(x)) => v[at + 1] = x.to_string(),
-            (None, Some(x)) => v.extend([extra[i].to_string(), x.to_string()]),
-            (_, None) => v.push(extra[i].to_string()),
-        }
-        i += if value.is_some() { 2 } else { 1 };
-    }
-    v
+/// A subprocess training run under `dir`: `common::tiny_flags` with checkpoints only at the end.
+fn tiny_flags(dir: &Path, iters: u32) -> Vec<String> {
+    let mut flags = vec!["train".to_string()];
+    flags.extend(common::tiny_flags(dir, iters));
+    with(&flags, &["--sample-step", "1000", "--model-save-step", "1000"])
 }
 
 fn strs(v: &[String]) -> Vec<&str> {

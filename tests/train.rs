@@ -19,7 +19,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).env("STARGAN_LOG", "warn").output().expect("run stargan")
+    common::stargan(args)
 }
 
 fn ok(out: Output) -> String {
@@ -34,39 +34,7 @@ fn ok(out: Output) -> String {
 
 /// Flags of a tiny, fast run writing under `dir`.
 fn tiny(dir: &Path, iters: u32) -> Vec<String> {
-    let d = |s: &str| dir.join(s).to_string_lossy().into_owned();
-    [
-        "--image-size",
-        "16",
-        "--g-conv-dim",
-        "8",
-        "--d-conv-dim",
-        "8",
-        "--g-repeat-num",
-        "1",
-        "--d-repeat-num",
-        "4",
-        "--batch-size",
-        "4",
-        "--n-critic",
-        "2",
-        "--log-step",
-        "1",
-        "--sample-step",
-        "2",
-        "--model-save-step",
-        "2",
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain(["--num-iters".into(), iters.to_string()])
-    .chain(["--log-dir".into(), d("logs"), "--model-save-dir".into(), d("models")])
-    .chain(["--sample-dir".into(), d("samples"), "--result-dir".into(), d("results")])
-    .collect()
+    common::tiny_flags(dir, iters)
 }
 
 fn args<'a>(base: &'a [String], extra: &'a [&'a str]) -> Vec<&'a str> {

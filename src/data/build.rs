@@ -77,30 +77,14 @@ pub fn sources(
 ) -> Result<(Vec<Arc<dyn Source>>, LabelLayout), DataError> {
     let size = cfg.image_size as u32;
     let rafd_dir = &cfg.rafd_image_dir;
+    let celeba = || {
+        celeba_source(cfg, cfg.celeba_attr_path(), &cfg.celeba_image_dir, cfg.celeba_crop_size, part, true)
+    };
     let sources: Vec<Arc<dyn Source>> = match cfg.dataset {
-        DatasetKind::Celeba => {
-            vec![celeba_source(
-                cfg,
-                cfg.celeba_attr_path(),
-                &cfg.celeba_image_dir,
-                cfg.celeba_crop_size,
-                part,
-                true,
-            )?]
-        }
+        DatasetKind::Celeba => vec![celeba()?],
         // The reference reads RaFD's train and test images from separate folders (`--rafd-image-dir`).
         DatasetKind::Rafd => vec![folder_source("RaFD", rafd_dir, cfg.rafd_crop_size, cfg)?],
-        DatasetKind::Both => vec![
-            celeba_source(
-                cfg,
-                cfg.celeba_attr_path(),
-                &cfg.celeba_image_dir,
-                cfg.celeba_crop_size,
-                part,
-                true,
-            )?,
-            folder_source("RaFD", rafd_dir, cfg.rafd_crop_size, cfg)?,
-        ],
+        DatasetKind::Both => vec![celeba()?, folder_source("RaFD", rafd_dir, cfg.rafd_crop_size, cfg)?],
         DatasetKind::Folder => {
             let dir = cfg.image_dir.as_deref().ok_or(DataError::Setting(
                 "--dataset folder needs --image-dir (and --attr-path for attribute labels)",

@@ -123,3 +123,65 @@ pub fn scratch(prefix: &str, name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The `stargan` binary run with `args`, logging warnings only.
+pub fn stargan(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_stargan"))
+        .args(args)
+        .env("STARGAN_LOG", "warn")
+        .output()
+        .expect("run stargan")
+}
+
+/// Flags of a tiny, fast training run writing under `dir` (`tiny_config` as the CLI spells it).
+pub fn tiny_flags(dir: &Path, iters: u32) -> Vec<String> {
+    let d = |s: &str| dir.join(s).to_string_lossy().into_owned();
+    [
+        "--image-size",
+        "16",
+        "--g-conv-dim",
+        "8",
+        "--d-conv-dim",
+        "8",
+        "--g-repeat-num",
+        "1",
+        "--d-repeat-num",
+        "4",
+        "--batch-size",
+        "4",
+        "--n-critic",
+        "2",
+        "--log-step",
+        "1",
+        "--sample-step",
+        "2",
+        "--model-save-step",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--num-iters".into(), iters.to_string()])
+    .chain(["--log-dir".into(), d("logs"), "--model-save-dir".into(), d("models")])
+    .chain(["--sample-dir".into(), d("samples"), "--result-dir".into(), d("results")])
+    .collect()
+}
+
+/// `flags` with each `--name value` of `extra` replacing that flag's value, or appended.
+pub fn with(flags: &[String], extra: &[&str]) -> Vec<String> {
+    let mut v = flags.to_vec();
+    let mut i = 0;
+    while i < extra.len() {
+        let value = extra.get(i + 1).filter(|x| !x.starts_with("--"));
+        match (v.iter().position(|f| f == extra[i]), value) {
+            (Some(at), Some(x)) => v[at + 1] = x.to_string(),
+            (None, Some(x)) => v.extend([extra[i].to_string(), x.to_string()]),
+            (_, None) => v.push(extra[i].to_string()),
+        }
+        i += if value.is_some() { 2 } else { 1 };
+    }
+    v
+}
