@@ -323,3 +323,34 @@ fn a_non_finite_loss_stops_the_run_without_saving() {
     let saved = native::all(&dir.join("models"));
     assert_eq!(saved, vec![2], "no checkpoint after the loss went bad: {saved:?}");
 }
+
+#[test]
+fn a_corrupt_first_image_or_newest_checkpoint_is_skipped_not_fatal() {
+    let dir = scratch("skip");
+    let data = dir.join("rafd");
+    let out = stargan(&["synth", "--layout", "rafd", "--count", "16", "--size", "16", "--out", s(&data)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The first image in sorted order is what --dataset folder reads for its crop size.
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().path()).collect();
+    classes.sort();
+    let mut first: Vec<PathBuf> =
+        std::fs::read_dir(&classes[0]).unwrap().map(|e| e.unwrap().path()).collect();
+    first.sort();
+    std::fs::write(&first[0], b"\xff\xd8 not a jpeg").unwrap();
+    let flags = with(&tiny_flags(&dir, 2), &["--dataset", "folder", "--image-dir", s(&data)]);
+    let out = stargan(&strs(&flags));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("skipping an unreadable image"), "{stderr}");
+    // `test` with a corrupt newest checkpoint falls back to the newest good one, naming the other.
+    let models = dir.join("models");
+    std::fs::write(native::path_for(&models, 7), b"not a checkpoint").unwrap();
+    let mut test_flags = tiny_flags(&dir, 2);
+    test_flags[0] = "test".into();
+    let test = with(&test_flags, &["--dataset", "folder", "--image-dir", s(&data)]);
+    let out = stargan(&strs(&test));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("skipping") && stderr.contains("7.stargan.safetensors"), "{stderr}");
+    assert!(dir.join("results/1-images.png").is_file());
+}

@@ -17,12 +17,23 @@ use std::path::PathBuf;
 pub fn test(cfg: &TrainConfig) -> Result<usize> {
     let iteration = match cfg.test_iters {
         Some(n) => n,
-        None => native::latest(&cfg.output.model_save_dir).ok_or_else(|| {
-            Error::Input(format!(
-                "no checkpoint in {}; give --model-save-dir or --test-iters",
-                cfg.output.model_save_dir.display()
-            ))
-        })?,
+        // The newest checkpoint that reads back whole; newer broken ones are named and skipped.
+        None => {
+            let (found, broken) = native::latest_valid(&cfg.output.model_save_dir);
+            for (path, e) in &broken {
+                tracing::warn!("skipping {}: {e}", path.display());
+            }
+            match (found, broken.first()) {
+                (Some((it, _)), _) => it,
+                (None, Some((_, e))) => return Err(Error::Input(format!("no readable checkpoint: {e}"))),
+                (None, None) => {
+                    return Err(Error::Input(format!(
+                        "no checkpoint in {}; give --model-save-dir or --test-iters",
+                        cfg.output.model_save_dir.display()
+                    )))
+                }
+            }
+        }
     };
     let device = cfg.device.resolve()?;
     let path = native::path_for(&cfg.output.model_save_dir, iteration);

@@ -109,31 +109,42 @@ pub fn sources(
     Ok((sources, layout))
 }
 
-/// `--crop-size` for user folders: given, or (0) the shorter side of the first image.
+/// `--crop-size` for user folders: given, or (0) the shorter side of the first image that decodes
+/// (a corrupt first file is skipped, as the loader skips it).
 fn nonzero_crop(crop: u32, dir: &Path) -> Result<u32, DataError> {
     if crop > 0 {
         return Ok(crop);
     }
-    let first = first_image(dir)?
-        .ok_or_else(|| DataError::Empty { path: dir.to_path_buf(), reason: "no images".into() })?;
-    let img = super::transform::load_image(&first)?;
-    Ok(img.width().min(img.height()))
+    let mut last = None;
+    for path in images_under(dir, 64)? {
+        match super::transform::load_image(&path) {
+            Ok(img) => return Ok(img.width().min(img.height())),
+            Err(e) => {
+                tracing::warn!("skipping an unreadable image: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| DataError::Empty { path: dir.to_path_buf(), reason: "no images".into() }))
 }
 
-fn first_image(dir: &Path) -> Result<Option<std::path::PathBuf>, DataError> {
+/// Up to `max` image files under `dir`, in sorted order, depth first.
+fn images_under(dir: &Path, max: usize) -> Result<Vec<std::path::PathBuf>, DataError> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| DataError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
+    let mut found = Vec::new();
     for p in entries {
+        if found.len() >= max {
+            break;
+        }
         if p.is_dir() {
-            if let Some(found) = first_image(&p)? {
-                return Ok(Some(found));
-            }
+            found.extend(images_under(&p, max - found.len())?);
         } else if p.file_name().and_then(|n| n.to_str()).is_some_and(super::folder::has_image_extension) {
-            return Ok(Some(p));
+            found.push(p);
         }
     }
-    Ok(None)
+    Ok(found)
 }
