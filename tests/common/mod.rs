@@ -16,7 +16,12 @@ pub fn parity_root() -> PathBuf {
 
 /// Every scenario folder (one holding an `expected.json`), sorted.
 pub fn scenarios() -> Vec<PathBuf> {
-    let root = parity_root();
+    scenarios_in(&parity_root())
+}
+
+/// The scenario folders of the fixture set at `root`.
+pub fn scenarios_in(root: &Path) -> Vec<PathBuf> {
+    let root = root.to_path_buf();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("cannot list parity fixtures in {}: {e}", root.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
