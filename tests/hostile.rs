@@ -354,3 +354,41 @@ fn a_corrupt_first_image_or_newest_checkpoint_is_skipped_not_fatal() {
     assert!(stderr.contains("skipping") && stderr.contains("7.stargan.safetensors"), "{stderr}");
     assert!(dir.join("results/1-images.png").is_file());
 }
+
+#[test]
+fn latest_with_nothing_to_resume_says_so_and_a_reference_judge_stays_out_of_its_folder() {
+    let dir = scratch("latest-none");
+    let flags = with(&tiny_flags(&dir, 1), &["--resume-iters", "latest"]);
+    let out = stargan(&strs(&flags));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("no checkpoint in") && stderr.contains("starting from iteration 0"), "{stderr}");
+    // The reference checkpoint's folder (shared/parity) is read-only: the judge goes with the results.
+    let results = dir.join("eval-results");
+    let g = reference_g();
+    let out = stargan(&[
+        "eval",
+        "--checkpoint",
+        s(&g),
+        "--dataset",
+        "synthetic",
+        "--image-size",
+        "32",
+        "--max-images",
+        "4",
+        "--classifier-iters",
+        "2",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--result-dir",
+        s(&results),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let judges: Vec<_> = std::fs::read_dir(results.join("judges")).unwrap().collect();
+    assert_eq!(judges.len(), 1, "one cached judge under <result-dir>/judges");
+    assert!(!std::fs::read_dir(g.parent().unwrap())
+        .unwrap()
+        .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with("classifier-") }));
+}

@@ -276,7 +276,7 @@ fn resume_point(cfg: &TrainConfig) -> Result<Option<(u64, PathBuf, native::Loade
             match found {
                 Some((it, loaded)) => Ok(Some((it, native::path_for(dir, it), loaded))),
                 None => {
-                    tracing::info!(
+                    tracing::warn!(
                         "--resume-iters latest: no checkpoint in {}; starting from iteration 0",
                         dir.display()
                     );
