@@ -56,7 +56,7 @@ impl DeviceChoice {
             DeviceChoice::Cpu => tch::Device::Cpu,
             DeviceChoice::Cuda if !tch::Cuda::is_available() => {
                 return Err(crate::error::Error::Input(
-                    "--device cuda: no CUDA device is available (no GPU, or a CPU-only libtorch: \
+                    "`device` cuda: no CUDA device is available (no GPU, or a CPU-only libtorch: \
                      scripts/setup.sh --cuda assembles a CUDA one)"
                         .into(),
                 ))
@@ -299,53 +299,53 @@ impl TrainConfig {
         let bad = |m: String| Err(crate::error::Error::Input(m));
         let (o, out, m, d) = (&self.optim, &self.output, &self.model, &self.data);
         let positive = [
-            ("batch-size", o.batch_size as u64),
-            ("n-critic", o.n_critic),
-            ("log-step", out.log_step),
-            ("sample-step", out.sample_step),
-            ("model-save-step", out.model_save_step),
-            ("lr-update-step", o.lr_update_step),
+            ("batch_size", o.batch_size as u64),
+            ("n_critic", o.n_critic),
+            ("log_step", out.log_step),
+            ("sample_step", out.sample_step),
+            ("model_save_step", out.model_save_step),
+            ("lr_update_step", o.lr_update_step),
         ];
         for (name, v) in positive {
             if v == 0 {
-                return bad(format!("--{name} must be at least 1"));
+                return bad(format!("`{name}` must be at least 1"));
             }
         }
         let range = |name: &str, v: i64, r: std::ops::RangeInclusive<i64>| -> crate::error::Result<()> {
             if r.contains(&v) {
                 Ok(())
             } else {
-                bad(format!("--{name} {v} is outside {}..={}", r.start(), r.end()))
+                bad(format!("`{name}` {v} is outside {}..={}", r.start(), r.end()))
             }
         };
         use crate::model::bounds;
-        range("g-conv-dim", m.g_conv_dim, bounds::CONV_DIM)?;
-        range("d-conv-dim", m.d_conv_dim, bounds::CONV_DIM)?;
-        range("g-repeat-num", m.g_repeat_num, bounds::G_REPEAT)?;
-        range("d-repeat-num", m.d_repeat_num, bounds::D_REPEAT)?;
-        range("c-dim", m.c_dim, bounds::C_DIM)?;
-        range("c2-dim", m.c2_dim, bounds::C_DIM)?;
-        range("image-size", d.image_size, 8..=bounds::IMAGE_SIZE.end().to_owned())?;
+        range("g_conv_dim", m.g_conv_dim, bounds::CONV_DIM)?;
+        range("d_conv_dim", m.d_conv_dim, bounds::CONV_DIM)?;
+        range("g_repeat_num", m.g_repeat_num, bounds::G_REPEAT)?;
+        range("d_repeat_num", m.d_repeat_num, bounds::D_REPEAT)?;
+        range("c_dim", m.c_dim, bounds::C_DIM)?;
+        range("c2_dim", m.c2_dim, bounds::C_DIM)?;
+        range("image_size", d.image_size, 8..=bounds::IMAGE_SIZE.end().to_owned())?;
         // A crop larger than this would zero-pad every image to gigabytes.
         for (name, v) in [
-            ("celeba-crop-size", Some(d.celeba_crop_size)),
-            ("rafd-crop-size", Some(d.rafd_crop_size)),
-            ("crop-size", d.crop_size),
+            ("celeba_crop_size", Some(d.celeba_crop_size)),
+            ("rafd_crop_size", Some(d.rafd_crop_size)),
+            ("crop_size", d.crop_size),
         ] {
             if let Some(v) = v {
                 range(name, v as i64, 1..=8192)?;
             }
         }
-        range("batch-size", o.batch_size as i64, 1..=4096)?;
+        range("batch_size", o.batch_size as i64, 1..=4096)?;
         range("threads", self.threads as i64, 0..=1024)?;
         for (name, v, lo, hi) in [
-            ("g-lr", o.g_lr, f64::MIN_POSITIVE, 1.0),
-            ("d-lr", o.d_lr, f64::MIN_POSITIVE, 1.0),
+            ("g_lr", o.g_lr, f64::MIN_POSITIVE, 1.0),
+            ("d_lr", o.d_lr, f64::MIN_POSITIVE, 1.0),
             ("beta1", o.beta1, 0.0, 1.0 - f64::EPSILON),
             ("beta2", o.beta2, 0.0, 1.0 - f64::EPSILON),
-            ("lambda-cls", o.lambda_cls, 0.0, 1e6),
-            ("lambda-rec", o.lambda_rec, 0.0, 1e6),
-            ("lambda-gp", o.lambda_gp, 0.0, 1e6),
+            ("lambda_cls", o.lambda_cls, 0.0, 1e6),
+            ("lambda_rec", o.lambda_rec, 0.0, 1e6),
+            ("lambda_gp", o.lambda_gp, 0.0, 1e6),
         ] {
             if !(v.is_finite() && (lo..=hi).contains(&v)) {
                 let what = if hi < 1.0 {
@@ -355,7 +355,7 @@ impl TrainConfig {
                 } else {
                     format!("[0, {hi:e}]")
                 };
-                return bad(format!("--{name} {v} must be a finite number in {what}"));
+                return bad(format!("`{name}` {v} must be a finite number in {what}"));
             }
         }
         if !(0..=30).contains(&m.d_repeat_num)
@@ -363,20 +363,20 @@ impl TrainConfig {
             || d.image_size >> m.d_repeat_num == 0
         {
             return bad(format!(
-                "--image-size {} must be a multiple of 2^d-repeat-num = 2^{} (D halves it {} times)",
+                "`image_size` {} must be a multiple of 2^`d_repeat_num` = 2^{} (D halves it {} times)",
                 d.image_size, m.d_repeat_num, m.d_repeat_num
             ));
         }
         if d.image_size % 4 != 0 {
             return bad(format!(
-                "--image-size {} must be a multiple of 4 (G downsamples twice)",
+                "`image_size` {} must be a multiple of 4 (G downsamples twice)",
                 d.image_size
             ));
         }
         let uses_celeba = matches!(d.dataset, DatasetKind::Celeba | DatasetKind::Both);
         if uses_celeba && m.c_dim != d.selected_attrs.len() as i64 {
             return bad(format!(
-                "--c-dim {} does not match the {} --selected-attrs ({})",
+                "`c_dim` {} does not match the {} `selected_attrs` ({})",
                 m.c_dim,
                 d.selected_attrs.len(),
                 d.selected_attrs.join(" ")

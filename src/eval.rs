@@ -619,10 +619,10 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
 
 fn check_options(opts: &EvalOptions) -> Result<()> {
     if opts.max_images == 0 {
-        return Err(Error::Input("--max-images must be at least 1".into()));
+        return Err(Error::Input("`max_images` must be at least 1".into()));
     }
     if opts.classifier_iters == 0 {
-        return Err(Error::Input("--classifier-iters must be at least 1".into()));
+        return Err(Error::Input("`classifier_iters` must be at least 1".into()));
     }
     Ok(())
 }

@@ -110,7 +110,7 @@ fn run(cli: Cli) -> Result<()> {
 fn main() {
     init_logging();
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", stargan::cli::with_flag_names(&e.to_string()));
         std::process::exit(1);
     }
 }

@@ -74,3 +74,13 @@ fn data_holds_no_tensors() {
     let found = mentions("data", &["tch::", "use tch"], &[]);
     assert!(found.is_empty(), "data/ uses tch:\n{}", found.join("\n"));
 }
+
+#[test]
+fn library_messages_name_settings_by_key_not_by_flag() {
+    // The library names a setting `like_this`; `cli::with_flag_names` shows it as --like-this.
+    let found: Vec<String> = mentions("", &["\"--", " --"], &["cli/", "main.rs"])
+        .into_iter()
+        .filter(|l| !l.contains("setup.sh --cuda") && !l.contains("//"))
+        .collect();
+    assert!(found.is_empty(), "flag names in library messages:\n{}", found.join("\n"));
+}

@@ -213,7 +213,10 @@ impl RunArgs {
             None | Some("synthetic") => TrainConfig::synthetic_default(),
             Some(_) => TrainConfig::default(),
         };
-        let cfg = TrainConfig::layered(&base, file, flags)?;
+        let cfg = TrainConfig::layered(&base, file, flags).map_err(|e| match e {
+            Error::Input(m) => Error::Input(super::with_flag_names(&m)),
+            e => e,
+        })?;
         self.refuse_ignored(&cfg)?;
         Ok(cfg)
     }

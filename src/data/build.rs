@@ -43,7 +43,7 @@ fn celeba_source(
             path: attr_path.to_path_buf(),
             reason: format!(
                 "it lists {} images, all of which the reference's split keeps for testing (the first \
-                 1,999 after its shuffle); use --dataset folder for a small data set",
+                 1,999 after its shuffle); use `dataset` folder for a small data set",
                 split.test.len()
             ),
         });
@@ -87,7 +87,7 @@ pub fn sources(
         DatasetKind::Both => vec![celeba()?, folder_source("RaFD", rafd_dir, cfg.rafd_crop_size, cfg)?],
         DatasetKind::Folder => {
             let dir = cfg.image_dir.as_deref().ok_or(DataError::Setting(
-                "--dataset folder needs --image-dir (and --attr-path for attribute labels)",
+                "`dataset` folder needs `image_dir` (and `attr_path` for attribute labels)",
             ))?;
             let crop = cfg.crop_size.unwrap_or(0);
             // An attribute file makes the folder multi-label; without one, its class folders label it.

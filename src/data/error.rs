@@ -39,7 +39,7 @@ pub enum DataError {
     Setting(&'static str),
 
     /// A data set has fewer images than one batch takes.
-    #[error("--batch-size {batch} exceeds the {images} images of dataset {dataset}")]
+    #[error("`batch_size` {batch} exceeds the {images} images of dataset {dataset}")]
     BatchTooLarge { batch: usize, images: usize, dataset: String },
 
     /// A data set that yielded no images at all.
@@ -53,7 +53,7 @@ pub enum DataError {
     /// Images listed in an attribute file are not present on disk.
     #[error(
         "{count} of {total} images listed are missing under {} (first: {}); \
-         pass --skip-missing to train on the images that exist",
+         set `skip_missing` to train on the images that exist",
         dir.display(),
         first.join(", ")
     )]

@@ -194,7 +194,7 @@ impl Classifier {
             Some(found) => {
                 return Err(Error::Input(format!(
                     "the classifier {} was trained for other data or settings ({found}); this evaluation \
-                     needs one for {description}: delete the file or give another --classifier path",
+                     needs one for {description}: delete the file or give another `classifier` path",
                     path.display()
                 )))
             }

@@ -277,7 +277,7 @@ fn resume_point(cfg: &TrainConfig) -> Result<Option<(u64, PathBuf, native::Loade
                 Some((it, loaded)) => Ok(Some((it, native::path_for(dir, it), loaded))),
                 None => {
                     tracing::warn!(
-                        "--resume-iters latest: no checkpoint in {}; starting from iteration 0",
+                        "resuming from the latest checkpoint: no checkpoint in {}; starting from iteration 0",
                         dir.display()
                     );
                     Ok(None)
@@ -286,7 +286,7 @@ fn resume_point(cfg: &TrainConfig) -> Result<Option<(u64, PathBuf, native::Loade
         }
         Some(n) => {
             let n: u64 = n.parse().map_err(|_| {
-                Error::Input(format!("--resume-iters takes an iteration or `latest`, not `{n}`"))
+                Error::Input(format!("`resume_iters` takes an iteration or `latest`, not `{n}`"))
             })?;
             let path = native::path_for(dir, n);
             if !path.exists() {
@@ -307,13 +307,13 @@ fn check_resumable(cfg: &TrainConfig, meta: &native::Meta, iteration: u64, path:
     let was = &meta.config;
     let mut differ = Vec::new();
     if was.optim.batch_size != cfg.optim.batch_size {
-        differ.push(format!("--batch-size {} (now {})", was.optim.batch_size, cfg.optim.batch_size));
+        differ.push(format!("`batch_size` {} (now {})", was.optim.batch_size, cfg.optim.batch_size));
     }
     if was.seed != cfg.seed {
-        differ.push(format!("--seed {} (now {})", was.seed, cfg.seed));
+        differ.push(format!("`seed` {} (now {})", was.seed, cfg.seed));
     }
     if was.optim.n_critic != cfg.optim.n_critic {
-        differ.push(format!("--n-critic {} (now {})", was.optim.n_critic, cfg.optim.n_critic));
+        differ.push(format!("`n_critic` {} (now {})", was.optim.n_critic, cfg.optim.n_critic));
     }
     if !differ.is_empty() {
         return Err(Error::Input(format!(
@@ -324,7 +324,7 @@ fn check_resumable(cfg: &TrainConfig, meta: &native::Meta, iteration: u64, path:
     }
     if iteration > cfg.optim.num_iters {
         return Err(Error::Input(format!(
-            "{} is at iteration {iteration}, past --num-iters {}; give a larger --num-iters",
+            "{} is at iteration {iteration}, past `num_iters` {}; give a larger `num_iters`",
             path.display(),
             cfg.optim.num_iters
         )));
