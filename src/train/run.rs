@@ -394,9 +394,23 @@ fn log_step(
         }
     }
     if let Some((_, values)) = logged.first() {
-        let short: Vec<String> =
-            values.iter().map(|(t, v)| format!("{}={v:.3}", t.replacen("loss_", "", 1))).collect();
-        bar.set_message(short.join(" "));
+        bar.set_message(bar_message(values));
     }
     Ok(())
+}
+
+/// The progress bar's summary of the latest losses: `D/real=-0.123 D/fake=...`.
+fn bar_message(values: &[(&str, f64)]) -> String {
+    let short: Vec<String> =
+        values.iter().map(|(t, v)| format!("{}={v:.3}", t.replacen("loss_", "", 1))).collect();
+    short.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bar_shows_short_loss_names() {
+        let m = super::bar_message(&[("D/loss_real", -1.5), ("G/loss_rec", 0.25)]);
+        assert_eq!(m, "D/real=-1.500 G/rec=0.250");
+    }
 }
