@@ -366,7 +366,8 @@ impl Loader {
         Ok(HostBatch { source: k, images, labels, indices, size })
     }
 
-    /// Every batch of one pass over source `k` in order, without shuffling or flipping (testing).
+    /// Every batch of one pass over source `k`: in file order and unflipped for a test loader
+    /// (`train` false), in epoch 0's shuffled order with its flips for a training loader.
     pub fn sequential(&self, k: usize) -> impl Iterator<Item = Result<HostBatch, DataError>> + '_ {
         (0..self.batches_per_epoch(k)).map(move |b| self.batch(k, b))
     }

@@ -86,8 +86,9 @@ struct Fixed {
 }
 
 fn fixed_inputs(loader: &Loader, layout: &LabelLayout, device: Device) -> Result<Fixed> {
-    // The first images of the first dataset in file order, never flipped: the same in every run
-    // with this data, resumed or not.
+    // The first batch of the first dataset in the training order (shuffled and flipped, as the
+    // reference's x_fixed comes from its shuffling loader): a function of the seed, so the same in
+    // every run with this data, resumed or not.
     let hb = loader.sequential(0).next().expect("a non-empty dataset has a first batch")?;
     let n = hb.len().min(8) as i64;
     let x = images_tensor(&hb).narrow(0, 0, n).to_device(device);
