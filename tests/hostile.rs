@@ -187,6 +187,13 @@ fn crafted_training_metadata_and_incomplete_exports_are_refused() {
         refused(&stargan(&["export", "--checkpoint", s(&bad), "--out-dir", s(&exported)]), "implausible");
         assert!(!out.exists() && !exported.exists());
     }
+    // The second file cannot be written (its name links into /proc): the first is taken back.
+    let exported = dir.join("export-rollback");
+    std::fs::create_dir_all(&exported).unwrap();
+    std::os::unix::fs::symlink("/proc/stargan-nonexistent/x", exported.join("2-D.safetensors")).unwrap();
+    let out = stargan(&["export", "--checkpoint", s(&ckpt), "--out-dir", s(&exported)]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!exported.join("2-G.safetensors").exists(), "half an export was left behind");
     // A tensor missing: the export writes neither file.
     let holed = dir.join("holed.stargan.safetensors");
     tampered(&ckpt, &holed, |_| {}, Some("D.conv1.weight"));
