@@ -358,14 +358,30 @@ impl TrainConfig {
                 return bad(format!("`{name}` {v} must be a finite number in {what}"));
             }
         }
-        if !(0..=30).contains(&m.d_repeat_num)
-            || d.image_size % (1 << m.d_repeat_num) != 0
-            || d.image_size >> m.d_repeat_num == 0
-        {
+        if d.image_size % (1 << m.d_repeat_num) != 0 || d.image_size >> m.d_repeat_num == 0 {
             return bad(format!(
                 "`image_size` {} must be a multiple of 2^`d_repeat_num` = 2^{} (D halves it {} times)",
                 d.image_size, m.d_repeat_num, m.d_repeat_num
             ));
+        }
+        // The networks these settings build, at their largest label sizes, within the same bounds
+        // as a checkpoint's.
+        let labels = m.c_dim + m.c2_dim;
+        let g = crate::model::GeneratorConfig {
+            conv_dim: m.g_conv_dim,
+            c_dim: labels + 2,
+            repeat_num: m.g_repeat_num,
+        };
+        let dn = crate::model::DiscriminatorConfig {
+            image_size: d.image_size,
+            conv_dim: m.d_conv_dim,
+            c_dim: labels,
+            repeat_num: m.d_repeat_num,
+        };
+        for (net, check) in [("generator", g.check()), ("discriminator", dn.check())] {
+            if let Err(e) = check {
+                return bad(format!("these settings make too large a {net}: {e}"));
+            }
         }
         if d.image_size % 4 != 0 {
             return bad(format!(
@@ -413,9 +429,10 @@ impl TrainConfig {
         }
         check(&flags, "")?;
         table.extend(flags);
-        let cfg: TrainConfig = table
+        let mut cfg: TrainConfig = table
             .try_into()
             .map_err(|e: toml::de::Error| Error::Input(format!("{src}{}", e.message().trim())))?;
+        cfg.data.forget_legacy_default();
         cfg.validate()?;
         Ok(cfg)
     }

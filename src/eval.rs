@@ -677,14 +677,9 @@ fn evaluate_with(
     // Written last so the timings are in it.
     let json = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::Internal(format!("cannot represent the report: {e}")))?;
-    write_file(Path::new(&report.files.json), json.as_bytes())?;
-    write_file(Path::new(&report.files.report), report::markdown(&report).as_bytes())?;
+    crate::files::write(Path::new(&report.files.json), json.as_bytes())?;
+    crate::files::write(Path::new(&report.files.report), report::markdown(&report).as_bytes())?;
     Ok(report)
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::files::write_atomic(path, bytes)
-        .map_err(|source| Error::Write { path: path.to_path_buf(), source })
 }
 
 /// The judge classifier, from its cache or trained now (and cached), with its held-out accuracy.

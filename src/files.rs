@@ -52,16 +52,70 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    })();
+    let result = write_new(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Write `bytes` to the temporary name `tmp`, creating it anew: anything already there (a stale
+/// temporary of a process with our pid, or a link planted at the predictable name) is removed
+/// first, never written through.
+fn write_new(tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    match std::fs::remove_file(tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// [`write_atomic`] with the library's error, naming the file.
+pub fn write(path: &Path, bytes: &[u8]) -> crate::error::Result<()> {
+    write_atomic(path, bytes)
+        .map_err(|source| crate::error::Error::Write { path: path.to_path_buf(), source })
+}
+
+/// Several files that land together or not at all: each is written to a temporary name first,
+/// and only when all are written are they renamed into place (a failed rename takes back the
+/// temporaries; files already renamed stay, the narrowest window the filesystem allows).
+pub fn write_all_or_none(files: &[(PathBuf, Vec<u8>)]) -> crate::error::Result<()> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| crate::error::Error::Write { path, source }
+    };
+    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let cleanup = |staged: &[(PathBuf, PathBuf)]| {
+        for (tmp, _) in staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    };
+    for (path, bytes) in files {
+        let staged_one = (|| {
+            let dest = destination(path)?;
+            let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+            write_new(&tmp, bytes).map(|()| (tmp, dest))
+        })();
+        match staged_one {
+            Ok(s) => staged.push(s),
+            Err(e) => {
+                cleanup(&staged);
+                return Err(err(path)(e));
+            }
+        }
+    }
+    for (i, (tmp, dest)) in staged.iter().enumerate() {
+        if let Err(e) = std::fs::rename(tmp, dest) {
+            cleanup(&staged[i..]);
+            return Err(err(dest)(e));
+        }
+    }
+    Ok(())
 }
 
 /// Temporary files that [`write_atomic`] left in `dir` when its process was killed mid-write
@@ -75,7 +129,10 @@ pub fn remove_stale_temporaries(dir: &Path) -> Vec<PathBuf> {
             continue;
         };
         let Ok(pid) = pid.parse::<u32>() else { continue };
-        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        // Without /proc, liveness cannot be told: keep the file.
+        let alive = pid == std::process::id()
+            || !Path::new("/proc/self").exists()
+            || Path::new(&format!("/proc/{pid}")).exists();
         if !alive && e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok() {
             removed.push(e.path());
         }

@@ -4,7 +4,6 @@
 
 use crate::data::transform::{decode_image, from_chw_normalized, load_image, Pipeline};
 use crate::error::{Error, Result};
-use crate::files::write_atomic;
 use image::{ImageEncoder, RgbImage};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -103,5 +102,5 @@ pub fn encode(x: &Tensor, format: ImageFormat) -> Result<Vec<u8>> {
 /// Write a `[3,H,W]` image in [-1, 1] as PNG (atomically).
 pub fn save_png(path: &Path, x: &Tensor) -> Result<()> {
     let png = encode(x, ImageFormat::Png)?;
-    write_atomic(path, &png).map_err(|source| Error::Write { path: path.to_path_buf(), source })
+    crate::files::write(path, &png)
 }

@@ -74,6 +74,11 @@ fn flags_outside_their_range_are_refused_by_name() {
         (&["--lambda-gp", "inf"], "--lambda-gp inf"),
         (&["--beta1", "2"], "--beta1 2"),
         (&["--c-dim", "7"], "--c-dim does not apply to --dataset synthetic"),
+        // Each value in range, the network not: D of 8.6e9 weights.
+        (
+            &["--d-conv-dim", "1024", "--d-repeat-num", "6", "--image-size", "128"],
+            "too large a discriminator",
+        ),
         (&["--attr-path", "x.txt"], "--attr-path does not apply"),
     ];
     for (extra, mentions) in cases {
@@ -107,7 +112,13 @@ fn crafted_architectures_are_refused_before_anything_is_allocated() {
     }
     let named: Vec<(&str, Tensor)> = t.iter().map(|(k, v)| (k.as_str(), v.shallow_clone())).collect();
     crafted(&blocks, &named);
-    for path in [&huge, &blocks] {
+    // Shapes whose weight count overflows 64-bit arithmetic must not panic the count.
+    // (Our torch writer refuses such a shape; safetensors stores it.)
+    let overflow = dir.join("overflow-G.safetensors");
+    let named = [("main.0.weight", empty(&[1 << 59, 4, 7, 0])), ("main.9.main.0.weight", empty(&[0]))]
+        .map(|(k, t)| (k.to_string(), t));
+    write_safetensors(&overflow, &named, None).unwrap();
+    for path in [&huge, &blocks, &overflow] {
         refused(&stargan(&["info", "--checkpoint", s(path)]), "implausible generator");
         let out = dir.join("out.png");
         let args = ["translate", "--checkpoint", s(path), "--input", s(&INPUT), "--output", s(&out)];
@@ -194,6 +205,13 @@ fn crafted_training_metadata_and_incomplete_exports_are_refused() {
     let out = stargan(&["export", "--checkpoint", s(&ckpt), "--out-dir", s(&exported)]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!exported.join("2-G.safetensors").exists(), "half an export was left behind");
+    // Metadata and no tensors at all: nothing is allocated from the metadata's claims.
+    let bare = dir.join("bare.stargan.safetensors");
+    let meta = read_tensors(&ckpt).unwrap().metadata;
+    write_safetensors(&bare, &[], Some(meta)).unwrap();
+    let out = dir.join("bare.png");
+    let args = ["translate", "--checkpoint", s(&bare), "--input", s(&INPUT), "--output", s(&out)];
+    refused(&stargan(&[&args[..], &["--target", "0,1,0,0,0"]].concat()), "holds only 0 values");
     // A tensor missing: the export writes neither file.
     let holed = dir.join("holed.stargan.safetensors");
     tampered(&ckpt, &holed, |_| {}, Some("D.conv1.weight"));
@@ -326,7 +344,7 @@ fn a_non_finite_loss_stops_the_run_without_saving() {
     write_safetensors(&ckpt, &tensors, Some(file.metadata.clone())).unwrap();
     let flags = with(&tiny_flags(&dir, 6), &["--model-save-step", "1", "--resume-iters", "2"]);
     let out = stargan(&strs(&flags));
-    refused(&out, "not finite");
+    refused(&out, "became non-finite");
     let saved = native::all(&dir.join("models"));
     assert_eq!(saved, vec![2], "no checkpoint after the loss went bad: {saved:?}");
 }

@@ -133,7 +133,12 @@ fn read_safetensors(path: &Path) -> Result<TensorFile, CheckpointError> {
     for (name, view) in st.tensors() {
         let kind = st_kind(view.dtype())
             .ok_or_else(|| bad(format!("tensor `{name}` has unsupported dtype {:?}", view.dtype())))?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let shape: Vec<i64> = view
+            .shape()
+            .iter()
+            .map(|&d| i64::try_from(d))
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad(format!("tensor `{name}` has a dimension beyond 2^63")))?;
         tensors.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
     }
     Ok(TensorFile { tensors, metadata: meta.metadata().clone().unwrap_or_default() })
@@ -176,10 +181,20 @@ fn kind_to_st(kind: Kind) -> safetensors::Dtype {
     }
 }
 
+/// A tensor's element count, safe for any shape a file can declare: `tch`'s own `numel` multiplies
+/// in `usize` and overflows (a panic in debug builds) on `[2^59, 4, 7, 0]`, which holds nothing.
+pub fn element_count(t: &Tensor) -> i128 {
+    let size = t.size();
+    if size.contains(&0) {
+        return 0;
+    }
+    size.iter().fold(1i128, |n, &d| n.saturating_mul(d as i128))
+}
+
 /// A tensor's bytes, C-contiguous, little-endian, on the CPU.
 pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
     let t = t.detach().to_device(Device::Cpu).contiguous();
-    let numel = t.numel();
+    let numel = element_count(&t) as usize;
     let mut buf = vec![0u8; numel * t.kind().elt_size_in_bytes()];
     t.copy_data_u8(&mut buf, numel);
     buf
@@ -286,20 +301,25 @@ fn shape_of(tensors: &HashMap<String, Tensor>, key: &str, path: &Path) -> Result
 }
 
 /// An architecture read from a file, accepted only within the model's bounds and when the file
-/// holds at least as many scalars (under `prefix`) as that network has weights: building it can
-/// then allocate no more than the file already brought in, whatever its header claims.
+/// holds at least as many values (under `prefix`) as that network has weights: building it can
+/// then allocate no more than about the file's own size (4× for a file of bytes), whatever its
+/// header claims. `scalars` is only asked once `check` has passed.
 pub(crate) fn check_architecture(
     net: &str,
     check: Result<(), String>,
-    scalars: i128,
+    scalars: impl FnOnce() -> i128,
     tensors: &HashMap<String, Tensor>,
     prefix: &str,
     path: &Path,
 ) -> Result<(), CheckpointError> {
     let invalid = |reason: String| CheckpointError::Invalid { path: path.to_path_buf(), reason };
     check.map_err(|e| invalid(format!("implausible {net}: {e}")))?;
-    let present: i128 =
-        tensors.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, t)| t.numel() as i128).sum();
+    let scalars = scalars();
+    let present: i128 = tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, t)| element_count(t))
+        .fold(0, i128::saturating_add);
     if present < scalars {
         return Err(invalid(format!(
             "implausible {net}: it would have {scalars} weights but the file holds only {present} values"
@@ -328,7 +348,7 @@ pub fn infer_generator(
         .filter_map(|k| k.strip_prefix("main.")?.split_once(".main.").map(|(i, _)| i))
         .collect();
     let cfg = GeneratorConfig { conv_dim: s[0], c_dim: s[1] - 3, repeat_num: blocks.len() as i64 };
-    check_architecture("generator", cfg.check(), cfg.weight_scalars(), tensors, "", path)?;
+    check_architecture("generator", cfg.check(), || cfg.weight_scalars(), tensors, "", path)?;
     Ok(cfg)
 }
 
@@ -367,6 +387,6 @@ pub fn infer_discriminator(
         c_dim: head[0],
         repeat_num,
     };
-    check_architecture("discriminator", cfg.check(), cfg.weight_scalars(), tensors, "", path)?;
+    check_architecture("discriminator", cfg.check(), || cfg.weight_scalars(), tensors, "", path)?;
     Ok(cfg)
 }

@@ -61,14 +61,17 @@ pub fn all(dir: &Path) -> Vec<u64> {
 pub type Broken = Vec<(PathBuf, CheckpointError)>;
 
 /// The newest checkpoint in `dir` that reads back whole, with the newer ones that did not (each
-/// with its error).
+/// with its error, and named in a warning as it is skipped).
 pub fn latest_valid(dir: &Path) -> (Option<(u64, Loaded)>, Broken) {
     let mut broken = Vec::new();
     for it in all(dir) {
         let path = path_for(dir, it);
         match load(&path) {
             Ok(l) => return (Some((it, l)), broken),
-            Err(e) => broken.push((path, e)),
+            Err(e) => {
+                tracing::warn!("skipping {}: {e}", path.display());
+                broken.push((path, e));
+            }
         }
     }
     (None, broken)
@@ -132,54 +135,45 @@ impl Loaded {
     }
 }
 
-/// The metadata of a file if it is one of our training checkpoints.
+/// The metadata of a file if it is one of our training checkpoints, checked against the tensors
+/// the file holds.
 pub fn meta_of(file: &TensorFile, path: &Path) -> Result<Option<Meta>, CheckpointError> {
-    match file.metadata.get(META_KEY) {
-        None => Ok(None),
-        Some(json) => {
-            let meta: Meta = serde_json::from_str(json).map_err(|e| CheckpointError::Invalid {
-                path: path.to_path_buf(),
-                reason: format!("unreadable training metadata: {e}"),
-            })?;
-            // A header-only read (no tensors) checks the values alone; a full read also checks
-            // that the file holds the weights its metadata describes.
-            if file.tensors.is_empty() {
-                let invalid = |e: String| CheckpointError::Invalid { path: path.to_path_buf(), reason: e };
-                meta.g.check().map_err(|e| invalid(format!("implausible generator: {e}")))?;
-                meta.d.check().map_err(|e| invalid(format!("implausible discriminator: {e}")))?;
-            } else {
-                let (g, d) = (meta.g, meta.d);
-                super::check_architecture(
-                    "generator",
-                    g.check(),
-                    g.weight_scalars(),
-                    &file.tensors,
-                    "G.",
-                    path,
-                )?;
-                super::check_architecture(
-                    "discriminator",
-                    d.check(),
-                    d.weight_scalars(),
-                    &file.tensors,
-                    "D.",
-                    path,
-                )?;
-            }
-            if meta.layout.g_dim() != meta.g.c_dim || meta.layout.d_dim() != meta.d.c_dim {
-                return Err(CheckpointError::Invalid {
-                    path: path.to_path_buf(),
-                    reason: format!(
-                        "its labels ({}) do not fit its networks (G takes {}, D predicts {})",
-                        meta.layout.describe(),
-                        meta.g.c_dim,
-                        meta.d.c_dim
-                    ),
-                });
-            }
-            Ok(Some(meta))
-        }
+    meta_from(file, path, false)
+}
+
+/// `header_only`: the file's tensors were not read, so only the values themselves are checked;
+/// otherwise the file must also hold the weights its metadata describes (a file of metadata and
+/// no tensors cannot make us allocate networks).
+fn meta_from(file: &TensorFile, path: &Path, header_only: bool) -> Result<Option<Meta>, CheckpointError> {
+    let Some(json) = file.metadata.get(META_KEY) else { return Ok(None) };
+    let invalid = |reason: String| CheckpointError::Invalid { path: path.to_path_buf(), reason };
+    let mut meta: Meta =
+        serde_json::from_str(json).map_err(|e| invalid(format!("unreadable training metadata: {e}")))?;
+    meta.config.data.forget_legacy_default();
+    let (g, d) = (meta.g, meta.d);
+    if header_only {
+        g.check().map_err(|e| invalid(format!("implausible generator: {e}")))?;
+        d.check().map_err(|e| invalid(format!("implausible discriminator: {e}")))?;
+    } else {
+        super::check_architecture("generator", g.check(), || g.weight_scalars(), &file.tensors, "G.", path)?;
+        super::check_architecture(
+            "discriminator",
+            d.check(),
+            || d.weight_scalars(),
+            &file.tensors,
+            "D.",
+            path,
+        )?;
     }
+    if meta.layout.g_dim() != g.c_dim || meta.layout.d_dim() != d.c_dim {
+        return Err(invalid(format!(
+            "its labels ({}) do not fit its networks (G takes {}, D predicts {})",
+            meta.layout.describe(),
+            g.c_dim,
+            d.c_dim
+        )));
+    }
+    Ok(Some(meta))
 }
 
 /// The metadata of a training checkpoint, read from its header only (no tensors); `None` for any
@@ -189,7 +183,7 @@ pub fn read_meta(path: &Path) -> Result<Option<Meta>, CheckpointError> {
         return Ok(None);
     }
     let file = TensorFile { tensors: Default::default(), metadata: super::read_safetensors_metadata(path)? };
-    meta_of(&file, path)
+    meta_from(&file, path, true)
 }
 
 pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {

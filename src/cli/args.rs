@@ -225,8 +225,10 @@ impl RunArgs {
     fn refuse_ignored(&self, cfg: &TrainConfig) -> Result<()> {
         let d = cfg.data.dataset;
         let celeba = matches!(d, DatasetKind::Celeba | DatasetKind::Both);
+        // The reference's --c-dim sizes CelebA's attributes or RaFD's classes.
+        let labelled = celeba || d == DatasetKind::Rafd;
         let given = [
-            ("--c-dim", self.c_dim.is_some() && !celeba, "the labels of this data set come from its files"),
+            ("--c-dim", self.c_dim.is_some() && !labelled, "the labels of this data set come from its files"),
             (
                 "--c2-dim",
                 self.c2_dim.is_some() && d != DatasetKind::Both,
@@ -272,6 +274,22 @@ mod tests {
         let cfg = RunArgs::default().resolve().unwrap();
         assert_eq!(cfg.data.dataset, DatasetKind::Synthetic);
         assert_eq!(cfg.data.image_size, TrainConfig::synthetic_default().data.image_size);
+    }
+
+    #[test]
+    fn reference_flags_for_rafd_and_old_folder_configs_still_work() {
+        // The reference's RaFD command line gives --c-dim (its class count).
+        let args = RunArgs { dataset: Some(DatasetKind::Rafd), c_dim: Some(8), ..Default::default() };
+        assert_eq!(args.resolve().unwrap().model.c_dim, 8);
+        // A config.toml written before attr_path was optional names the default path for a folder
+        // run, which meant class folders then and still does.
+        let dir = std::env::temp_dir().join(format!("stargan-args-legacy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.toml");
+        std::fs::write(&file, "dataset = \"folder\"\nattr_path = \"data/celeba/list_attr_celeba.txt\"\n")
+            .unwrap();
+        let cfg = RunArgs { config: Some(file), ..Default::default() }.resolve().unwrap();
+        assert_eq!(cfg.data.attr_path, None);
     }
 
     #[test]

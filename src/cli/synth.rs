@@ -37,10 +37,7 @@ fn to_jpeg(chw: &[f32], size: u32) -> Result<Vec<u8>> {
     image_io::encode_rgb8(&from_chw_normalized(chw), size, size, ImageFormat::Jpeg)
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::files::write_atomic(path, bytes)
-        .map_err(|source| Error::Write { path: path.to_path_buf(), source })
-}
+use crate::files::write;
 
 /// Write `count` images and their labels; returns the files written (the attribute file last).
 pub fn synth(args: &SynthArgs) -> Result<Vec<PathBuf>> {

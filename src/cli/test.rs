@@ -20,9 +20,6 @@ pub fn test(cfg: &TrainConfig) -> Result<usize> {
         // The newest checkpoint that reads back whole; newer broken ones are named and skipped.
         None => {
             let (found, broken) = native::latest_valid(&cfg.output.model_save_dir);
-            for (path, e) in &broken {
-                tracing::warn!("skipping {}: {e}", path.display());
-            }
             match (found, broken.first()) {
                 (Some((it, _)), _) => it,
                 (None, Some((_, e))) => return Err(Error::Input(format!("no readable checkpoint: {e}"))),

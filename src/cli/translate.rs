@@ -138,8 +138,7 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
             e => e,
         })?;
         let bytes = image_io::encode(&y, format)?;
-        crate::files::write_atomic(&out, &bytes)
-            .map_err(|source| Error::Write { path: out.clone(), source })?;
+        crate::files::write(&out, &bytes)?;
         written.push(out);
     }
     Ok(written)
@@ -169,7 +168,7 @@ pub fn info(args: &InfoArgs) -> Result<String> {
     let count = |t: &std::collections::HashMap<String, Tensor>, buffers: bool| -> i64 {
         t.iter()
             .filter(|(k, _)| buffers || !(k.contains("running_") || k.ends_with("num_batches_tracked")))
-            .map(|(_, v)| v.numel() as i64)
+            .map(|(_, v)| checkpoint::element_count(v) as i64)
             .sum()
     };
     if let Some(meta) = native::meta_of(&file, path)? {
@@ -242,27 +241,21 @@ pub fn export(args: &ExportArgs) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for (net, weights) in [("G", g.weights.snapshot()), ("D", d.weights.snapshot())] {
         // snapshot() lists the reference's state-dict order.
-        let (name, bytes) = match args.format {
+        let (out, bytes) = match args.format {
             ExportFormat::Safetensors => {
-                (format!("{it}-{net}.safetensors"), checkpoint::safetensors_bytes(&weights, None, path)?)
+                let out = args.out_dir.join(format!("{it}-{net}.safetensors"));
+                let bytes = checkpoint::safetensors_bytes(&weights, None, &out)?;
+                (out, bytes)
             }
-            ExportFormat::Torch => (format!("{it}-{net}.ckpt"), checkpoint::torch_bytes(&weights, path)?),
+            ExportFormat::Torch => {
+                // torch names the archive's folder after the file written (`3000-G/`).
+                let out = args.out_dir.join(format!("{it}-{net}.ckpt"));
+                let bytes = checkpoint::torch_bytes(&weights, &out)?;
+                (out, bytes)
+            }
         };
-        files.push((args.out_dir.join(name), bytes));
+        files.push((out, bytes));
     }
-    for (p, _) in &files {
-        crate::files::destination(p).map_err(|source| Error::Write { path: p.clone(), source })?;
-    }
-    let mut written: Vec<PathBuf> = Vec::new();
-    for (p, bytes) in &files {
-        if let Err(source) = crate::files::write_atomic(p, bytes) {
-            // All of one export or none: take back what this export wrote.
-            for w in &written {
-                let _ = std::fs::remove_file(w);
-            }
-            return Err(Error::Write { path: p.clone(), source });
-        }
-        written.push(p.clone());
-    }
-    Ok(written)
+    crate::files::write_all_or_none(&files)?;
+    Ok(files.into_iter().map(|(p, _)| p).collect())
 }

@@ -114,7 +114,8 @@ impl Rows {
     /// not listed before.
     fn check(&mut self, name: &str, values: &[bool], line: usize) -> std::result::Result<(), String> {
         let p = Path::new(name);
-        if p.is_absolute() || name.starts_with(['/', '\\']) || name.contains(':') {
+        let drive = name.len() >= 2 && name.as_bytes()[1] == b':' && name.as_bytes()[0].is_ascii_alphabetic();
+        if p.is_absolute() || name.starts_with(['/', '\\']) || drive {
             return Err(format!("{name}: an image name must be relative to the image folder"));
         }
         if p.components().any(|c| matches!(c, std::path::Component::ParentDir))

@@ -91,6 +91,16 @@ impl Default for DataConfig {
 }
 
 impl DataConfig {
+    /// Configurations written before `attr_path` became optional carry the reference's default
+    /// path for every dataset; a folder dataset then meant class folders, and still does.
+    pub fn forget_legacy_default(&mut self) {
+        if self.dataset == DatasetKind::Folder
+            && self.attr_path.as_deref() == Some(Path::new(DEFAULT_ATTR_PATH))
+        {
+            self.attr_path = None;
+        }
+    }
+
     /// CelebA's attribute file: the one given, else the reference's default path.
     pub fn celeba_attr_path(&self) -> &Path {
         self.attr_path.as_deref().unwrap_or(Path::new(DEFAULT_ATTR_PATH))

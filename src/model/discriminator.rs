@@ -46,16 +46,18 @@ impl DiscriminatorConfig {
         Ok(())
     }
 
-    /// Number of weights and biases, exact in `i128` for in-range fields.
+    /// Number of weights and biases; saturates at `i128::MAX` for absurd fields rather than
+    /// overflowing.
     pub fn weight_scalars(&self) -> i128 {
         let (mut n, mut dim_in, mut dim) = (0i128, 3i128, self.conv_dim as i128);
         for _ in 0..self.repeat_num.clamp(0, 64) {
-            n += dim * dim_in * 16 + dim;
+            n = n.saturating_add(dim.saturating_mul(dim_in).saturating_mul(16).saturating_add(dim));
             dim_in = dim;
             dim = dim.saturating_mul(2);
         }
         let k = (self.image_size >> self.repeat_num.clamp(0, 63)) as i128;
-        n + dim_in * 9 + self.c_dim as i128 * dim_in * k * k
+        let head = (self.c_dim as i128).saturating_mul(dim_in).saturating_mul(k.saturating_mul(k));
+        n.saturating_add(dim_in.saturating_mul(9)).saturating_add(head)
     }
 
     /// Kernel of the classification head: the feature map's side after `repeat_num` halvings.

@@ -29,6 +29,7 @@ impl GeneratorConfig {
         in_range("conv_dim", self.conv_dim, bounds::CONV_DIM)?;
         in_range("c_dim", self.c_dim, bounds::C_DIM)?;
         in_range("repeat_num", self.repeat_num, bounds::G_REPEAT)?;
+        // In range, the count below cannot overflow.
         let n = self.weight_scalars();
         if n > bounds::SCALARS {
             return Err(format!("a generator of {n} weights is larger than the {} allowed", bounds::SCALARS));
@@ -36,11 +37,17 @@ impl GeneratorConfig {
         Ok(())
     }
 
-    /// Number of convolution weights (norm parameters and buffers aside), exact in `i128` for any
-    /// `i64` fields.
+    /// Number of convolution weights (norm parameters and buffers aside); saturates at
+    /// `i128::MAX` for absurd fields rather than overflowing.
     pub fn weight_scalars(&self) -> i128 {
         let (d, c, r) = (self.conv_dim as i128, self.c_dim as i128, self.repeat_num as i128);
-        d * (3 + c) * 49 + 2 * (2 * d * d * 16 + 8 * d * d * 16) + r * 2 * 16 * d * d * 9 + 3 * d * 49
+        let terms = [
+            d.saturating_mul(c.saturating_add(3)).saturating_mul(49),
+            d.saturating_mul(d).saturating_mul(320),
+            r.saturating_mul(d.saturating_mul(d)).saturating_mul(288),
+            d.saturating_mul(147),
+        ];
+        terms.iter().fold(0i128, |a, &t| a.saturating_add(t))
     }
 }
 

@@ -54,7 +54,7 @@ fn write_config(cfg: &TrainConfig) -> Result<()> {
     let text = toml::to_string(cfg)
         .map_err(|e| Error::Internal(format!("cannot serialise the configuration: {e}")))?;
     let path = cfg.output.model_save_dir.join("config.toml");
-    crate::files::write_atomic(&path, text.as_bytes()).map_err(write_err(&path))?;
+    crate::files::write(&path, text.as_bytes())?;
     Ok(())
 }
 
@@ -114,12 +114,7 @@ fn save_checkpoint(model: &StarGan, cfg: &TrainConfig, iteration: u64) -> Result
     // No checkpoint of non-finite weights is ever written: it would replace the last good one as
     // `latest` and poison every run resumed from it.
     if !(model.g.weights.all_finite() && model.d.weights.all_finite()) {
-        let kept = native::all(&cfg.output.model_save_dir).first().copied();
-        return Err(Error::Input(format!(
-            "iteration {iteration}: the weights are not finite; the run stopped without saving{}; \
-             lower the learning rates or check the data",
-            kept.map(|k| format!(" (checkpoint {k} is the last good one)")).unwrap_or_default()
-        )));
+        return Err(not_finite(cfg, iteration, "the weights"));
     }
     let path = native::path_for(&cfg.output.model_save_dir, iteration);
     native::save(&path, model.nets(), iteration, cfg)?;
@@ -153,18 +148,14 @@ fn elapsed(start: Instant) -> String {
 /// Train as configured. Returns how the run ended; errors are one-line, user-facing.
 pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     cfg.validate()?;
+    // One run per folder, taken before anything else: a second trainer would interleave the logs
+    // and overwrite checkpoints.
+    let _lock = crate::files::DirLock::acquire(&cfg.output.model_save_dir).map_err(Error::Input)?;
     let device = cfg.device.resolve()?;
     let (srcs, layout) = sources(&cfg.data, cfg.seed, Part::Train)?;
     let loader = Arc::new(Loader::new(srcs, cfg.optim.batch_size, cfg.seed, true)?);
     let mut model = StarGan::from_config(cfg, layout.clone(), device);
 
-    // One run per folder: a second trainer would interleave the logs and overwrite checkpoints.
-    let _lock = crate::files::DirLock::acquire(&cfg.output.model_save_dir).map_err(Error::Input)?;
-    for dir in [&cfg.output.model_save_dir, &cfg.output.sample_dir, &cfg.output.log_dir] {
-        for p in crate::files::remove_stale_temporaries(dir) {
-            tracing::info!("removed {}, left by an interrupted write", p.display());
-        }
-    }
     let start = match resume_point(cfg)? {
         Some((iteration, path, loaded)) => {
             check_resumable(cfg, &loaded.meta, iteration, &path)?;
@@ -174,10 +165,17 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
         }
         None => 0,
     };
+    for dir in [&cfg.output.model_save_dir, &cfg.output.sample_dir, &cfg.output.log_dir] {
+        for p in crate::files::remove_stale_temporaries(dir) {
+            tracing::info!("removed {}, left by an interrupted write", p.display());
+        }
+    }
     create_dirs(cfg)?;
     write_config(cfg)?;
     let metrics_path = cfg.output.log_dir.join("metrics.jsonl");
-    truncate_metrics(&metrics_path, start)?;
+    if start > 0 {
+        truncate_metrics(&metrics_path, start)?;
+    }
     let metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -216,18 +214,11 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
         for hb in &host {
             let b = Batch::from_host(hb, i, cfg.seed, device);
             let (d, g) = model.iteration(&b, (i + 1) % cfg.optim.n_critic == 0, cfg.optim.step_mode);
-            // A non-finite loss has already poisoned the weights: stop before any of them is saved.
-            if !finite(&d, g.as_ref()) {
+            // Checked when the losses are read anyway (reading syncs the device); the weights are
+            // checked before every save, so no checkpoint of non-finite weights is ever written.
+            if (i + 1) % cfg.output.log_step == 0 && !finite(&d, g.as_ref()) {
                 bar.finish_and_clear();
-                let kept = native::all(&cfg.output.model_save_dir).first().copied();
-                return Err(Error::Input(format!(
-                    "iteration {}: a loss is not finite (D {:.4}{}); the run stopped without saving{}; \
-                     lower the learning rates or check the data",
-                    i + 1,
-                    d.total.double_value(&[]),
-                    g.as_ref().map(|g| format!(", G {:.4}", g.total.double_value(&[]))).unwrap_or_default(),
-                    kept.map(|k| format!(" (checkpoint {k} is the last good one)")).unwrap_or_default()
-                )));
+                return Err(not_finite(cfg, i + 1, "a loss"));
             }
             if (i + 1) % cfg.output.log_step == 0 {
                 logged.push((layout.domains[hb.source].name.clone(), loss_values(&d, g.as_ref())));
@@ -270,10 +261,7 @@ fn resume_point(cfg: &TrainConfig) -> Result<Option<(u64, PathBuf, native::Loade
     match cfg.optim.resume_iters.as_deref() {
         None => Ok(None),
         Some("latest") => {
-            let (found, broken) = native::latest_valid(dir);
-            for (path, e) in &broken {
-                tracing::warn!("skipping {}: {e}", path.display());
-            }
+            let (found, _) = native::latest_valid(dir);
             match found {
                 Some((it, loaded)) => Ok(Some((it, native::path_for(dir, it), loaded))),
                 None => {
@@ -347,9 +335,19 @@ fn truncate_metrics(path: &Path, start: u64) -> Result<()> {
         .map(|l| format!("{l}\n"))
         .collect();
     if kept.len() != text.len() {
-        crate::files::write_atomic(path, kept.as_bytes()).map_err(write_err(path))?;
+        crate::files::write(path, kept.as_bytes())?;
     }
     Ok(())
+}
+
+/// The run's end when `what` turned non-finite at `iteration`: nothing is saved.
+fn not_finite(cfg: &TrainConfig, iteration: u64, what: &str) -> Error {
+    let kept = native::all(&cfg.output.model_save_dir).first().copied();
+    Error::Input(format!(
+        "iteration {iteration}: {what} became non-finite; the run stopped without saving{}; lower the \
+         learning rates or check the data",
+        kept.map(|k| format!(" (checkpoint {k} is the last good one)")).unwrap_or_default()
+    ))
 }
 
 /// Whether every loss of the iteration is a finite number.

@@ -84,8 +84,8 @@ pub(super) fn read_zip_entry_within(
     if file.compression() != zip::CompressionMethod::Stored {
         if declared > *budget {
             return Err(PickleError::Unsupported(format!(
-                "zip entry {name:?} inflates to {declared} bytes, more than 16 times the file \
-                 (torch.save does not compress its records)"
+                "zip entry {name:?} inflates to {declared} bytes, past what the file may expand to \
+                 (16 times its size, at least 64 MiB; torch.save does not compress its records)"
             )));
         }
         *budget -= declared;

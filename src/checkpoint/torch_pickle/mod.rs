@@ -123,9 +123,13 @@ pub struct RawTensor {
 }
 
 impl RawTensor {
-    /// Number of elements (1 for a scalar, whose shape is empty).
+    /// Number of elements (1 for a scalar, whose shape is empty); 0 when any dimension is, however
+    /// large the others (a shape like `[2^59, 4, 7, 0]` must not overflow), else saturating.
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        if self.shape.contains(&0) {
+            return 0;
+        }
+        self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX)
     }
 }
 

@@ -2,8 +2,8 @@
 //! contiguous CPU tensors.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::{self, BufWriter, Cursor, Seek, Write};
+
+use std::io::{self, Cursor, Seek, Write};
 use std::path::Path;
 
 use zip::write::SimpleFileOptions;
@@ -27,31 +27,25 @@ pub fn state_dict_bytes(archive_name: &str, tensors: &[(String, RawTensor)]) -> 
 }
 
 pub fn write_state_dict(path: &Path, tensors: &[(String, RawTensor)]) -> Result<()> {
-    validate_for_writing(tensors)?;
     let io_err = |source: io::Error| PickleError::Io { path: path.to_path_buf(), source };
-    let file_name = path.file_name().ok_or_else(|| {
-        io_err(io::Error::new(io::ErrorKind::InvalidInput, "the checkpoint path has no file name"))
-    })?;
+    // torch names the archive's folder after the file's stem.
     let archive_name =
         path.file_stem().and_then(|s| s.to_str()).filter(|s| !s.is_empty()).unwrap_or("archive");
-    let tmp = path.with_file_name(format!(".{}.tmp{}", file_name.to_string_lossy(), std::process::id()));
-
-    let result = (|| -> io::Result<()> {
-        let file = fs::File::create(&tmp)?;
-        let writer = write_archive(BufWriter::new(file), archive_name, tensors).map_err(|e| match e {
-            zip::result::ZipError::Io(e) => e,
-            other => io::Error::other(other),
-        })?;
-        let file = writer.into_inner().map_err(io::IntoInnerError::into_error)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        // Best effort: the temporary file is garbage either way.
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(e));
+    if path.file_name().is_none() {
+        return Err(io_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the checkpoint path has no file name",
+        )));
     }
-    Ok(())
+    let bytes = state_dict_bytes(archive_name, tensors)?;
+    // Like torch.save, into an existing folder only.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        return Err(io_err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} does not exist", dir.display()),
+        )));
+    }
+    crate::files::write_atomic(path, &bytes).map_err(io_err)
 }
 
 fn validate_for_writing(tensors: &[(String, RawTensor)]) -> Result<()> {

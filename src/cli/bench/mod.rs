@@ -261,9 +261,7 @@ fn loader_images(dir: Option<&Path>) -> Result<Vec<PathBuf>> {
                         full.chunks_exact(218 * 3).flat_map(|row| &row[20 * 3..198 * 3]).copied().collect();
                     let jpg =
                         crate::image_io::encode_rgb8(&rgb, 178, 218, crate::image_io::ImageFormat::Jpeg)?;
-                    let path = d.join(format!("{:06}.jpg", i + 1));
-                    crate::files::write_atomic(&path, &jpg)
-                        .map_err(|source| Error::Write { path, source })?;
+                    crate::files::write(&d.join(format!("{:06}.jpg", i + 1)), &jpg)?;
                 }
             }
             d
@@ -392,8 +390,7 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&all).map_err(|e| Error::Internal(e.to_string()))?;
-        crate::files::write_atomic(path, text.as_bytes())
-            .map_err(|source| Error::Write { path: path.clone(), source })?;
+        crate::files::write(path, text.as_bytes())?;
     }
     Ok(report)
 }
