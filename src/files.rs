@@ -47,16 +47,28 @@ pub fn destination(path: &Path) -> std::io::Result<PathBuf> {
 /// the old file or the new one, never a part of either, and a failed write (a full disk) removes
 /// its temporary file. See [`destination`] for what may be replaced.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let path = destination(path)?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = write_new(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
-    if result.is_err() {
+    let (tmp, dest) = stage(path, bytes)?;
+    std::fs::rename(&tmp, &dest).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// The first half of an atomic write: `bytes` in a temporary file beside where `path` lands
+/// ([`destination`]); returns (temporary, destination) for the rename. A failed write removes its
+/// temporary file.
+fn stage(path: &Path, bytes: &[u8]) -> std::io::Result<(PathBuf, PathBuf)> {
+    let dest = destination(path)?;
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    match write_new(&tmp, bytes) {
+        Ok(()) => Ok((tmp, dest)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    result
 }
 
 /// Write `bytes` to the temporary name `tmp`, creating it anew: anything already there (a stale
@@ -93,15 +105,7 @@ pub fn write_all_or_none(files: &[(PathBuf, Vec<u8>)]) -> crate::error::Result<(
         }
     };
     for (path, bytes) in files {
-        let staged_one = (|| {
-            let dest = destination(path)?;
-            let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir)?;
-            let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-            write_new(&tmp, bytes).map(|()| (tmp, dest))
-        })();
-        match staged_one {
+        match stage(path, bytes) {
             Ok(s) => staged.push(s),
             Err(e) => {
                 cleanup(&staged);
