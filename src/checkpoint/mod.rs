@@ -303,17 +303,19 @@ fn shape_of(tensors: &HashMap<String, Tensor>, key: &str, path: &Path) -> Result
 /// An architecture read from a file, accepted only within the model's bounds and when the file
 /// holds at least as many values (under `prefix`) as that network has weights: building it can
 /// then allocate no more than about the file's own size (4× for a file of bytes), whatever its
-/// header claims. `scalars` is only asked once `check` has passed.
+/// header claims. `scalars` is only asked once `check` has passed; `tensors` is `None` when only
+/// the file's header was read, and then the values alone are checked.
 pub(crate) fn check_architecture(
     net: &str,
     check: Result<(), String>,
     scalars: impl FnOnce() -> i128,
-    tensors: &HashMap<String, Tensor>,
+    tensors: Option<&HashMap<String, Tensor>>,
     prefix: &str,
     path: &Path,
 ) -> Result<(), CheckpointError> {
     let invalid = |reason: String| CheckpointError::Invalid { path: path.to_path_buf(), reason };
     check.map_err(|e| invalid(format!("implausible {net}: {e}")))?;
+    let Some(tensors) = tensors else { return Ok(()) };
     let scalars = scalars();
     let present: i128 = tensors
         .iter()
@@ -348,7 +350,7 @@ pub fn infer_generator(
         .filter_map(|k| k.strip_prefix("main.")?.split_once(".main.").map(|(i, _)| i))
         .collect();
     let cfg = GeneratorConfig { conv_dim: s[0], c_dim: s[1] - 3, repeat_num: blocks.len() as i64 };
-    check_architecture("generator", cfg.check(), || cfg.weight_scalars(), tensors, "", path)?;
+    check_architecture("generator", cfg.check(), || cfg.weight_scalars(), Some(tensors), "", path)?;
     Ok(cfg)
 }
 
@@ -387,6 +389,6 @@ pub fn infer_discriminator(
         c_dim: head[0],
         repeat_num,
     };
-    check_architecture("discriminator", cfg.check(), || cfg.weight_scalars(), tensors, "", path)?;
+    check_architecture("discriminator", cfg.check(), || cfg.weight_scalars(), Some(tensors), "", path)?;
     Ok(cfg)
 }

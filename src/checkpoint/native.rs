@@ -38,14 +38,6 @@ pub fn path_for(dir: &Path, iteration: u64) -> PathBuf {
     dir.join(format!("{iteration}{SUFFIX}"))
 }
 
-/// The highest iteration with a checkpoint in `dir`, if any.
-pub fn latest(dir: &Path) -> Option<u64> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(SUFFIX)?.parse().ok())
-        .max()
-}
-
 /// Every iteration with a checkpoint in `dir`, newest first.
 pub fn all(dir: &Path) -> Vec<u64> {
     let mut its: Vec<u64> = std::fs::read_dir(dir)
@@ -151,20 +143,9 @@ fn meta_from(file: &TensorFile, path: &Path, header_only: bool) -> Result<Option
         serde_json::from_str(json).map_err(|e| invalid(format!("unreadable training metadata: {e}")))?;
     meta.config.data.forget_legacy_default();
     let (g, d) = (meta.g, meta.d);
-    if header_only {
-        g.check().map_err(|e| invalid(format!("implausible generator: {e}")))?;
-        d.check().map_err(|e| invalid(format!("implausible discriminator: {e}")))?;
-    } else {
-        super::check_architecture("generator", g.check(), || g.weight_scalars(), &file.tensors, "G.", path)?;
-        super::check_architecture(
-            "discriminator",
-            d.check(),
-            || d.weight_scalars(),
-            &file.tensors,
-            "D.",
-            path,
-        )?;
-    }
+    let tensors = (!header_only).then_some(&file.tensors);
+    super::check_architecture("generator", g.check(), || g.weight_scalars(), tensors, "G.", path)?;
+    super::check_architecture("discriminator", d.check(), || d.weight_scalars(), tensors, "D.", path)?;
     if meta.layout.g_dim() != g.c_dim || meta.layout.d_dim() != d.c_dim {
         return Err(invalid(format!(
             "its labels ({}) do not fit its networks (G takes {}, D predicts {})",
