@@ -2,7 +2,7 @@
 //! images held in memory, encode the result. `stargan translate`, `test`, `eval` and the server are
 //! built on this module; nothing here knows about command-line flags.
 
-use crate::checkpoint::{self, infer_discriminator, infer_generator, native, read_tensors};
+use crate::checkpoint::{infer_discriminator, infer_generator, native, read_tensors};
 use crate::error::{Error, Result};
 use crate::labels::{celeba_domain, Domain, LabelKind, LabelLayout};
 use crate::model::{Discriminator, Generator, NormStats};
@@ -34,18 +34,7 @@ fn weights_err(path: &Path) -> impl FnOnce(crate::model::WeightsError) -> Error 
 pub fn load(path: &Path, names: Option<&[String]>, device: Device) -> Result<Model> {
     let file = read_tensors(path)?;
     if let Some(meta) = native::meta_of(&file, path)? {
-        let g = Generator::new(meta.g, device);
-        g.weights.load(&checkpoint::strip_prefix(&file.tensors, "G.")).map_err(weights_err(path))?;
-        let d = Discriminator::new(meta.d, device);
-        d.weights.load(&checkpoint::strip_prefix(&file.tensors, "D.")).map_err(weights_err(path))?;
-        return Ok(Model {
-            g,
-            layout: meta.layout.clone(),
-            labels_known: true,
-            image_size: Some(meta.d.image_size),
-            d: Some(d),
-            meta: Some(meta),
-        });
+        return from_training(&native::Loaded { meta, file }, path, device);
     }
     let cfg = infer_generator(&file.tensors, path)?;
     let g = Generator::new(cfg, device);
@@ -72,6 +61,23 @@ pub fn load(path: &Path, names: Option<&[String]>, device: Device) -> Result<Mod
     };
     let image_size = d.as_ref().map(|d| d.config.image_size);
     Ok(Model { g, layout, labels_known: false, image_size, d, meta: None })
+}
+
+/// G and D of a training checkpoint already read (`path` names it in errors).
+pub fn from_training(loaded: &native::Loaded, path: &Path, device: Device) -> Result<Model> {
+    let meta = &loaded.meta;
+    let g = Generator::new(meta.g, device);
+    g.weights.load(&loaded.generator()).map_err(weights_err(path))?;
+    let d = Discriminator::new(meta.d, device);
+    d.weights.load(&loaded.discriminator()).map_err(weights_err(path))?;
+    Ok(Model {
+        g,
+        layout: meta.layout.clone(),
+        labels_known: true,
+        image_size: Some(meta.d.image_size),
+        d: Some(d),
+        meta: Some(meta.clone()),
+    })
 }
 
 /// `200000-G.ckpt` → `200000-D.ckpt` in the same folder, if it exists.

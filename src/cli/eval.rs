@@ -41,9 +41,10 @@ pub struct EvalArgs {
     pub run: crate::cli::RunArgs,
 }
 
-/// The data configuration of an evaluation (see the module docs).
-pub fn data_config(args: &EvalArgs) -> Result<TrainConfig> {
-    let Some(meta) = training_meta(&args.checkpoint)? else {
+/// The data configuration of an evaluation (see the module docs); `meta` is the checkpoint's
+/// training metadata, if it is a training checkpoint.
+pub fn data_config(args: &EvalArgs, meta: Option<crate::checkpoint::native::Meta>) -> Result<TrainConfig> {
+    let Some(meta) = meta else {
         return args.run.resolve();
     };
     let base = TrainConfig { device: DeviceChoice::Auto, threads: 0, ..meta.config };
@@ -52,8 +53,9 @@ pub fn data_config(args: &EvalArgs) -> Result<TrainConfig> {
 
 /// The library options for these flags.
 pub fn options(args: &EvalArgs) -> Result<EvalOptions> {
-    let mut data = data_config(args)?;
-    let is_training = training_meta(&args.checkpoint)?.is_some();
+    let meta = training_meta(&args.checkpoint)?;
+    let is_training = meta.is_some();
+    let mut data = data_config(args, meta)?;
     if args.run.model_save_dir.is_none() && !is_training {
         // A reference checkpoint's folder may be read-only or shared: the judge goes with the
         // results instead.

@@ -15,38 +15,45 @@ use std::path::PathBuf;
 
 /// Write the test translations; returns the number of images translated.
 pub fn test(cfg: &TrainConfig) -> Result<usize> {
-    let iteration = match cfg.test_iters {
-        Some(n) => n,
-        // The newest checkpoint that reads back whole; newer broken ones are named and skipped.
-        None => {
-            let (found, broken) = native::latest_valid(&cfg.output.model_save_dir);
-            match (found, broken.first()) {
-                (Some((it, _)), _) => it,
-                (None, Some((_, e))) => return Err(Error::Input(format!("no readable checkpoint: {e}"))),
-                (None, None) => {
+    let device = cfg.device.resolve()?;
+    let dir = &cfg.output.model_save_dir;
+    let (g_path, model) = match cfg.test_iters {
+        Some(iteration) => {
+            let path = native::path_for(dir, iteration);
+            let ref_path = dir.join(format!("{iteration}-G.ckpt"));
+            let g_path = if path.exists() {
+                path
+            } else if ref_path.exists() {
+                ref_path
+            } else {
+                return Err(Error::Input(format!(
+                    "no checkpoint for iteration {iteration} in {}",
+                    dir.display()
+                )));
+            };
+            let model = inference::load(&g_path, None, device)?;
+            (g_path, model)
+        }
+        // The newest checkpoint that reads back whole (read once); newer broken ones are named
+        // and skipped.
+        None => match native::latest_valid(dir) {
+            (Some((it, loaded)), _) => {
+                let path = native::path_for(dir, it);
+                let model = inference::from_training(&loaded, &path, device)?;
+                (path, model)
+            }
+            (None, broken) => match broken.first() {
+                Some((_, e)) => return Err(Error::Input(format!("no readable checkpoint: {e}"))),
+                None => {
                     return Err(Error::Input(format!(
                         "no checkpoint in {}; give --model-save-dir or --test-iters",
-                        cfg.output.model_save_dir.display()
+                        dir.display()
                     )))
                 }
-            }
-        }
+            },
+        },
     };
-    let device = cfg.device.resolve()?;
-    let path = native::path_for(&cfg.output.model_save_dir, iteration);
-    let ref_path = cfg.output.model_save_dir.join(format!("{iteration}-G.ckpt"));
     let (srcs, layout) = sources(&cfg.data, cfg.seed, Part::Test)?;
-    let g_path = if path.exists() {
-        path
-    } else if ref_path.exists() {
-        ref_path
-    } else {
-        return Err(Error::Input(format!(
-            "no checkpoint for iteration {iteration} in {}",
-            cfg.output.model_save_dir.display()
-        )));
-    };
-    let model = inference::load(&g_path, None, device)?;
     model.check_fits(&layout, cfg.data.image_size, &g_path)?;
     let g = model.g;
     let loader = Loader::new(srcs, cfg.optim.batch_size, cfg.seed, false)?;

@@ -214,13 +214,13 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
         for hb in &host {
             let b = Batch::from_host(hb, i, cfg.seed, device);
             let (d, g) = model.iteration(&b, (i + 1) % cfg.optim.n_critic == 0, cfg.optim.step_mode);
-            // Checked when the losses are read anyway (reading syncs the device); the weights are
-            // checked before every save, so no checkpoint of non-finite weights is ever written.
-            if (i + 1) % cfg.output.log_step == 0 && !finite(&d, g.as_ref()) {
-                bar.finish_and_clear();
-                return Err(not_finite(cfg, i + 1, "a loss"));
-            }
             if (i + 1) % cfg.output.log_step == 0 {
+                // Checked when the losses are read anyway (reading syncs the device); the weights
+                // are checked before every save, so no checkpoint of non-finite weights is written.
+                if !finite(&d, g.as_ref()) {
+                    bar.finish_and_clear();
+                    return Err(not_finite(cfg, i + 1, "a loss"));
+                }
                 logged.push((layout.domains[hb.source].name.clone(), loss_values(&d, g.as_ref())));
             }
         }
