@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create bench/.venv (git-ignored) with what a user of the reference has: the full PyPI
-# torch==2.13.0 wheel with its nvidia dependencies, and numpy. Idempotent: a venv that already
+# torch==2.13.0 wheel with its nvidia dependencies, and numpy; and facenet-pytorch 2.6.0's MTCNN,
+# the face detector ours follows (its pins ask for torch 2.2, so it and torchvision 0.28, the
+# torchvision of torch 2.13, go in without their dependencies; requests is imported by its package). Idempotent: a venv that already
 # imports torch 2.13.0 is left alone. Prints the venv's python on stdout (everything else goes to
 # stderr), so callers can do:  py=$(bench/setup-reference.sh)
 #
@@ -14,7 +16,7 @@ venv=.venv
 py="$venv/bin/python"
 
 ready() {
-  [ -x "$py" ] && "$py" -c "import numpy, PIL, torch; assert torch.__version__.startswith('$TORCH_VERSION')" \
+  [ -x "$py" ] && "$py" -c "import numpy, PIL, torch, facenet_pytorch; assert torch.__version__.startswith('$TORCH_VERSION')" \
     >/dev/null 2>&1
 }
 
@@ -37,7 +39,9 @@ if ! ready; then
   fi
   echo "setup-reference: installing torch==$TORCH_VERSION and numpy into bench/$venv" >&2
   "$py" -m pip install --disable-pip-version-check -q "${find_links[@]}" \
-    "torch==$TORCH_VERSION" numpy pillow >&2
+    "torch==$TORCH_VERSION" numpy pillow requests >&2
+  "$py" -m pip install --disable-pip-version-check -q --no-deps "${find_links[@]}" \
+    torchvision==0.28.0 facenet-pytorch==2.6.0 >&2
   if ! ready; then
     echo "setup-reference: bench/$venv does not import torch $TORCH_VERSION after the install" >&2
     exit 1

@@ -23,6 +23,57 @@ if ! command -v g++ >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq g++ >/dev/null
 fi
 
+need_python() {
+  [ -n "${py:-}" ] && return 0
+  py=$(command -v python3 || command -v python || true)
+  if [ -z "$py" ] || ! "$py" -m pip --version >/dev/null 2>&1; then
+    echo "setup: installing python3-pip" >&2
+    apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
+    py=$(command -v python3)
+  fi
+}
+python_unzip() { "$py" - "$@" <<'PY'
+import sys, zipfile, fnmatch
+whl, out, pats = sys.argv[1], sys.argv[2], sys.argv[3:]
+with zipfile.ZipFile(whl) as z:
+    for n in z.namelist():
+        if any(fnmatch.fnmatch(n, p) for p in pats):
+            z.extract(n, out)
+PY
+}
+cache=.cache/wheels
+mkdir -p "$cache"
+
+# The face detector's weights (MTCNN, MIT licence) from the facenet-pytorch wheel, into face-models/
+# where the binary looks for them; and two public-domain photos from scikit-image's wheel (NASA's
+# astronaut, the cameraman) that the face tests run on.
+FACENET_VERSION=2.6.0
+SKIMAGE_VERSION=0.26.0
+faces=face-models
+if [ "$(cat "$faces/.stargan-stamp" 2>/dev/null)" != "facenet-pytorch-$FACENET_VERSION" ]; then
+  need_python
+  "$py" -m pip download -q --no-deps --only-binary=:all: -d "$cache" "facenet-pytorch==$FACENET_VERSION"
+  ftmp=$(mktemp -d "${faces}.tmp.XXXXXX") && chmod 755 "$ftmp"
+  python_unzip "$cache/facenet_pytorch-$FACENET_VERSION-py3-none-any.whl" "$ftmp" 'facenet_pytorch/data/?net.pt'
+  mv "$ftmp"/facenet_pytorch/data/*.pt "$ftmp"/
+  rm -rf "$ftmp/facenet_pytorch"
+  echo "facenet-pytorch-$FACENET_VERSION" > "$ftmp/.stargan-stamp"
+  rm -rf "$faces" && mv "$ftmp" "$faces"
+  echo "setup: face detector weights ready in $faces" >&2
+fi
+photos=.cache/photos
+if [ ! -f "$photos/astronaut.png" ] || [ ! -f "$photos/camera.png" ]; then
+  need_python
+  "$py" -m pip download -q --no-deps --only-binary=:all: \
+    --python-version 3.11 --implementation cp --platform manylinux_2_28_x86_64 \
+    --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+    -d "$cache" "scikit-image==$SKIMAGE_VERSION"
+  ptmp=$(mktemp -d "${photos}.tmp.XXXXXX")
+  python_unzip "$(ls "$cache"/scikit_image-"$SKIMAGE_VERSION"-*.whl | head -n1)" "$ptmp" \
+    'skimage/data/astronaut.png' 'skimage/data/camera.png'
+  mkdir -p "$photos" && mv "$ptmp"/skimage/data/*.png "$photos"/ && rm -rf "$ptmp"
+fi
+
 if [ -n "${LIBTORCH:-}" ] && [ "$(realpath -m "$LIBTORCH")" != "$(realpath -m "$dest")" ]; then
   echo "setup: using LIBTORCH=$LIBTORCH from the environment" >&2
   exit 0
@@ -31,16 +82,8 @@ fi
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
+need_python
 
-py=$(command -v python3 || command -v python || true)
-if [ -z "$py" ] || ! "$py" -m pip --version >/dev/null 2>&1; then
-  echo "setup: installing python3-pip" >&2
-  apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
-  py=$(command -v python3)
-fi
-
-cache=.cache/wheels
-mkdir -p "$cache"
 # The wheel's libraries do not depend on the Python version; pin the tag so every machine
 # fetches the same file whatever its Python is.
 "$py" -m pip download -q --no-deps --only-binary=:all: \
@@ -57,15 +100,6 @@ if [ "${1:-}" = "--cuda" ]; then
   libs+=(torch/lib/libtorch_cuda.so torch/lib/libc10_cuda.so 'torch/lib/libtorch_cuda_linalg.so'
          torch/lib/libtorch_nvshmem.so torch/lib/libcaffe2_nvrtc.so)
 fi
-python_unzip() { "$py" - "$@" <<'PY'
-import sys, zipfile, fnmatch
-whl, out, pats = sys.argv[1], sys.argv[2], sys.argv[3:]
-with zipfile.ZipFile(whl) as z:
-    for n in z.namelist():
-        if any(fnmatch.fnmatch(n, p) for p in pats):
-            z.extract(n, out)
-PY
-}
 python_unzip "$torch_whl" "$tmp" 'torch/include/*' 'torch/share/cmake/*' "${libs[@]}"
 mkdir -p "$tmp/lib"
 mv "$tmp"/torch/include "$tmp/include"

@@ -41,7 +41,7 @@ impl ImageFormat {
     }
 }
 
-fn to_network_input(img: RgbImage, size: u32) -> Result<Tensor> {
+pub fn to_network_input(img: RgbImage, size: u32) -> Result<Tensor> {
     let (w, h) = img.dimensions();
     let pipeline = Pipeline::new(w.min(h), size)?;
     let mut buf = vec![0f32; pipeline.output_len()];

@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod face;
 pub mod files;
 pub mod image_io;
 pub mod inference;

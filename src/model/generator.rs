@@ -115,6 +115,11 @@ fn conv_norm(w: &mut Weights, conv: String, norm: String, spec: Spec, device: De
 }
 
 impl Generator {
+    /// The device G's weights live on.
+    pub fn device(&self) -> Device {
+        self.to_rgb.device()
+    }
+
     /// A freshly initialised generator (PyTorch's default initialisation; seed with
     /// `tch::manual_seed` for reproducibility).
     pub fn new(config: GeneratorConfig, device: Device) -> Self {

@@ -1,0 +1,164 @@
+//! Faces in real photos: find them (MTCNN, with five landmarks), frame each as CelebA's aligned
+//! images are framed, translate it, and paste it back into the photo at the photo's resolution.
+//! `stargan translate`, `stargan align` and the server use [`find_faces`] and [`translate_photo`];
+//! nothing here knows about command-line flags.
+
+pub mod align;
+pub mod mtcnn;
+mod nms;
+
+pub use align::{align, paste, AlignedFace, Similarity, CELEBA_FRAME, CELEBA_LANDMARKS};
+pub use mtcnn::{DetectOptions, Detector, Face};
+
+use crate::error::{Error, Result};
+use crate::inference::{Model, Target};
+use crate::model::NormStats;
+use crate::precision::Precision;
+use image::{DynamicImage, RgbImage};
+use std::path::Path;
+
+/// How to get the detector's weights, for error messages.
+pub const HOW_TO_GET_WEIGHTS: &str = "scripts/setup.sh extracts pnet.pt, rnet.pt and onet.pt from \
+     the facenet-pytorch 2.6.0 wheel on PyPI into face-models/; point `face_model` at a folder \
+     holding them, or set STARGAN_FACE_MODELS";
+
+/// A photo file decoded to RGB with its EXIF orientation applied (a phone's portrait shot stands
+/// upright), unlike training images, which the reference reads as stored.
+pub fn load_photo(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    decode_photo(&bytes, &path.display().to_string())
+}
+
+/// [`load_photo`] for bytes in memory; `name` appears in errors.
+pub fn decode_photo(bytes: &[u8], name: &str) -> Result<RgbImage> {
+    let img = crate::data::transform::decode_image(bytes, name)?;
+    let orientation = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()
+        .and_then(|r| r.into_decoder().ok())
+        .and_then(|mut d| image::ImageDecoder::orientation(&mut d).ok());
+    match orientation {
+        Some(o) if o != image::metadata::Orientation::NoTransforms => {
+            let mut d = DynamicImage::ImageRgb8(img);
+            d.apply_orientation(o);
+            Ok(d.into_rgb8())
+        }
+        _ => Ok(img),
+    }
+}
+
+/// Whether an image of this size is already framed for the model: exactly the network's input, or
+/// `img_align_celeba`'s 178×218.
+pub fn looks_aligned(width: u32, height: u32, network_size: u32) -> bool {
+    (width, height) == (network_size, network_size) || (width, height) == CELEBA_FRAME
+}
+
+/// Detection failed to find what was asked for.
+fn no_face(opts: &DetectOptions) -> Error {
+    Error::Input(format!(
+        "no face found (faces narrower than {} pixels are not searched for; lower `min_face_size` to \
+         find smaller ones, or turn `align` off to translate the whole image)",
+        opts.min_face_size
+    ))
+}
+
+/// Which faces of a photo to translate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    All,
+    /// The n-th largest, counting from 1.
+    Nth(usize),
+}
+
+/// The faces of `photo`, largest first, each aligned; an error when there are none (or no n-th).
+pub fn find_faces(
+    detector: &Detector,
+    photo: &RgbImage,
+    opts: &DetectOptions,
+    which: Which,
+) -> Result<Vec<AlignedFace>> {
+    let faces = detector.detect(photo, opts)?;
+    if faces.is_empty() {
+        return Err(no_face(opts));
+    }
+    let chosen: Vec<Face> = match which {
+        Which::All => faces.clone(),
+        Which::Nth(n) if n >= 1 && n <= faces.len() => vec![faces[n - 1]],
+        Which::Nth(n) => {
+            return Err(Error::Input(format!(
+                "`face` {n} asked for, but {} found (numbered from 1, largest first)",
+                match faces.len() {
+                    1 => "one face was".to_string(),
+                    k => format!("{k} faces were"),
+                }
+            )))
+        }
+    };
+    // Degenerate landmarks (all five in one spot) cannot be aligned; O-Net does not produce them
+    // for a face it is sure of, so they are dropped rather than reported.
+    let aligned: Vec<AlignedFace> = chosen.iter().filter_map(|f| align(photo, f)).collect();
+    if aligned.is_empty() {
+        return Err(no_face(opts));
+    }
+    Ok(aligned)
+}
+
+/// One face of a photo, translated.
+pub struct TranslatedFace {
+    pub aligned: AlignedFace,
+    /// G's output, `size`² RGB.
+    pub output: RgbImage,
+}
+
+/// A photo with its faces translated.
+pub struct TranslatedPhoto {
+    /// The photo at its own resolution, translated faces pasted in.
+    pub composite: RgbImage,
+    pub faces: Vec<TranslatedFace>,
+}
+
+/// Translate every chosen face of `photo` to `target` and paste each back.
+pub fn translate_photo(
+    model: &Model,
+    faces: Vec<AlignedFace>,
+    photo: &RgbImage,
+    target: &Target,
+    stats: NormStats,
+    precision: Precision,
+) -> Result<TranslatedPhoto> {
+    let size = model.input_size();
+    let device = model.g.device();
+    let mut composite = photo.clone();
+    let mut out = Vec::with_capacity(faces.len());
+    let (fw, fh) = CELEBA_FRAME;
+    let crop = fw.min(fh);
+    for aligned in faces {
+        let x = crate::image_io::to_network_input(aligned.image.clone(), size)?.to_device(device);
+        let y = model.translate_image(&x, target, stats, precision)?;
+        let (rgb, w, h) = crate::image_io::to_rgb8(&y)?;
+        let output =
+            RgbImage::from_raw(w, h, rgb).ok_or_else(|| Error::Internal("G's output size".into()))?;
+        let patch_to_photo = aligned.to_photo.after(&align::network_to_frame(crop, size));
+        paste(&mut composite, &output, &patch_to_photo);
+        out.push(TranslatedFace { aligned, output });
+    }
+    Ok(TranslatedPhoto { composite, faces: out })
+}
+
+/// One line of a CelebA landmarks file (`list_landmarks_align_celeba.txt`): the name and the ten
+/// coordinates, rounded to whole pixels as CelebA's are.
+pub fn landmarks_line(name: &str, aligned: &AlignedFace) -> String {
+    let mut line = name.to_string();
+    for p in aligned.frame_landmarks() {
+        line += &format!(" {} {}", p[0].round() as i64, p[1].round() as i64);
+    }
+    line
+}
+
+/// The header of a CelebA landmarks file for `count` entries.
+pub fn landmarks_header(count: usize) -> String {
+    format!(
+        "{count}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y \
+         rightmouth_x rightmouth_y\n"
+    )
+}
