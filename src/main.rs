@@ -27,6 +27,8 @@ enum Command {
     Eval(Box<stargan::cli::eval::EvalArgs>),
     /// Translate an image or a folder with a trained generator.
     Translate(TranslateArgs),
+    /// Find the faces in photos and write them as CelebA-style 178×218 aligned crops, with landmarks.
+    Align(stargan::cli::align::AlignArgs),
     /// Describe a checkpoint: its format, inferred architecture and parameter counts.
     Info(InfoArgs),
     /// Write a training checkpoint's G and D with the reference's keys (safetensors or .ckpt).
@@ -96,6 +98,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => {
             stargan::cli::eval::eval(&args)?;
+        }
+        Command::Align(args) => {
+            set_threads(0);
+            let s = stargan::cli::align::align(&args)?;
+            println!(
+                "{} crops from {} photos ({} done before) in {}; landmarks in {}",
+                s.crops,
+                s.photos,
+                s.skipped,
+                args.output.display(),
+                s.landmarks.display()
+            );
+            if !s.no_face.is_empty() {
+                println!("no face found in {} photos: {}", s.no_face.len(), s.no_face.join(", "));
+            }
         }
         Command::Info(args) => print!("{}", stargan::cli::translate::info(&args)?),
         Command::Export(args) => {

@@ -1,5 +1,6 @@
 //! The `stargan` command line: one module per subcommand (train's flags live in `args`).
 
+pub mod align;
 pub mod args;
 pub mod bench;
 pub mod eval;
@@ -15,7 +16,8 @@ pub use args::RunArgs;
 /// Backquoted words that are not settings (`latest`, a label name) stay as they are.
 pub fn with_flag_names(message: &str) -> String {
     let keys = crate::config::TrainConfig::keys();
-    let extra = ["max_images", "classifier_iters", "classifier"];
+    let extra =
+        ["max_images", "classifier_iters", "classifier", "min_face_size", "align", "face", "face_model"];
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(start) = rest.find('`') {

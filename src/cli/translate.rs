@@ -2,6 +2,7 @@
 
 use crate::checkpoint::{self, infer_discriminator, infer_generator, native, read_tensors};
 use crate::error::{Error, Result};
+use crate::face;
 use crate::image_io;
 use crate::image_io::ImageFormat;
 use crate::inference::{self, Edit, Target};
@@ -38,6 +39,53 @@ pub struct TranslateArgs {
     /// `bf16` runs G's convolutions in bf16 (autocast); the output is written from fp32 either way.
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: crate::precision::Precision,
+    #[command(flatten)]
+    pub faces: FaceArgs,
+    /// Translate faces in photos: `auto` finds and aligns them unless the input is already framed
+    /// (exactly the model's size, or CelebA's 178×218); `on` always; `off` translates the whole
+    /// image, centre-cropped.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub align: AlignChoice,
+    /// Also write each face's aligned crop and its translation beside the output.
+    #[arg(long)]
+    pub save_crops: bool,
+}
+
+/// How faces are found: shared by `translate` and `align`.
+#[derive(Debug, clap::Args)]
+pub struct FaceArgs {
+    /// Only the N-th largest face of each photo (from 1) [default: every face].
+    #[arg(long, value_name = "N")]
+    pub face: Option<usize>,
+    /// The smallest face searched for, in pixels (smaller finds more, slower).
+    #[arg(long, default_value_t = 20.0, value_name = "PX")]
+    pub min_face_size: f64,
+    /// A folder holding MTCNN's pnet.pt, rnet.pt and onet.pt [default: face-models/, which
+    /// scripts/setup.sh fills from the facenet-pytorch wheel].
+    #[arg(long, value_name = "DIR")]
+    pub face_model: Option<PathBuf>,
+}
+
+impl FaceArgs {
+    pub fn options(&self) -> face::DetectOptions {
+        face::DetectOptions { min_face_size: self.min_face_size, ..Default::default() }
+    }
+
+    pub fn which(&self) -> face::Which {
+        self.face.map_or(face::Which::All, face::Which::Nth)
+    }
+
+    pub fn detector(&self, device: Device) -> Result<face::Detector> {
+        self.options().check()?;
+        face::Detector::find(self.face_model.as_deref(), device)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlignChoice {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -128,20 +176,118 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
         }
         crate::files::destination(out).map_err(|e| Error::Input(format!("--output: {e}")))?;
     }
-    // Decode everything first: a bad input fails before any output is written.
-    let images: Vec<Tensor> = inputs.iter().map(|p| image_io::load_input(p, size)).collect::<Result<_>>()?;
+    // Which inputs are photos to find faces in, from their headers: a bad header fails here,
+    // before any output is written.
+    let photo: Vec<bool> = inputs
+        .iter()
+        .map(|p| {
+            Ok(match args.align {
+                AlignChoice::Off => false,
+                AlignChoice::On => true,
+                AlignChoice::Auto => {
+                    let (w, h) = crate::data::transform::image_dimensions(p)?;
+                    !face::looks_aligned(w, h, size)
+                }
+            })
+        })
+        .collect::<Result<_>>()?;
+    let detector = match photo.iter().any(|&p| p) {
+        true => Some(args.faces.detector(device)?),
+        false => None,
+    };
+    if args.save_crops {
+        for ((out, _), _) in outputs.iter().zip(&photo).filter(|(_, &p)| p) {
+            for k in 1..=2 {
+                crate::files::destination(&crop_path(out, k, "aligned"))
+                    .map_err(|e| Error::Input(format!("--output: {e}")))?;
+            }
+        }
+    }
+    // The whole-image inputs are small: decode them all first, so a bad one fails before any
+    // output is written. Photos are decoded one at a time below.
+    let mut whole: Vec<Option<Tensor>> = inputs
+        .iter()
+        .zip(&photo)
+        .map(|(p, &is_photo)| if is_photo { Ok(None) } else { image_io::load_input(p, size).map(Some) })
+        .collect::<Result<_>>()?;
+    let flagged = |e: Error| match e {
+        Error::Input(m) => Error::Input(format!("{flag}: {m}")),
+        e => e,
+    };
     let mut written = Vec::new();
-    for ((out, format), x) in outputs.into_iter().zip(images) {
-        let x = x.to_device(device);
-        let y = model.translate_image(&x, &target, stats, args.precision).map_err(|e| match e {
-            Error::Input(m) => Error::Input(format!("{flag}: {m}")),
-            e => e,
-        })?;
-        let bytes = image_io::encode(&y, format)?;
-        crate::files::write(&out, &bytes)?;
-        written.push(out);
+    let mut failed = Vec::new();
+    for (i, ((out, format), input)) in outputs.into_iter().zip(&inputs).enumerate() {
+        if let Some(x) = whole[i].take() {
+            let y = model
+                .translate_image(&x.to_device(device), &target, stats, args.precision)
+                .map_err(flagged)?;
+            crate::files::write(&out, &image_io::encode(&y, format)?)?;
+            written.push(out);
+            continue;
+        }
+        let detector = detector.as_ref().expect("loaded when any input is a photo");
+        let faces = face::load_photo(input).and_then(|img| {
+            Ok((face::find_faces(detector, &img, &args.faces.options(), args.faces.which())?, img))
+        });
+        let (faces, img) = match faces {
+            Ok(found) => found,
+            // In a folder, one photo without a face does not stop the others.
+            Err(e @ Error::Input(_)) if inputs.len() > 1 => {
+                failed.push(format!("{}: {e}", input.display()));
+                continue;
+            }
+            Err(e @ Error::Input(_)) => return Err(Error::Input(format!("{}: {e}", input.display()))),
+            Err(e) => return Err(e),
+        };
+        for f in &faces {
+            let width = f.face.width().min(f.face.height());
+            if width < size as f32 / 2.0 {
+                tracing::warn!(
+                    "{}: a face is {width:.0} pixels wide, the model works at {size}; its translation is upscaled and soft",
+                    input.display()
+                );
+            }
+        }
+        let done =
+            face::translate_photo(&model, faces, &img, &target, stats, args.precision).map_err(flagged)?;
+        let mut files = vec![(
+            out.clone(),
+            image_io::encode_rgb8(done.composite.as_raw(), img.width(), img.height(), format)?,
+        )];
+        if args.save_crops {
+            for (k, f) in done.faces.iter().enumerate() {
+                let (a, t) = (&f.aligned.image, &f.output);
+                files.push((
+                    crop_path(&out, k + 1, "aligned"),
+                    image_io::encode_rgb8(a.as_raw(), a.width(), a.height(), ImageFormat::Png)?,
+                ));
+                files.push((
+                    crop_path(&out, k + 1, "translated"),
+                    image_io::encode_rgb8(t.as_raw(), t.width(), t.height(), ImageFormat::Png)?,
+                ));
+            }
+        }
+        tracing::info!("{}: {} face(s) translated", input.display(), done.faces.len());
+        crate::files::write_all_or_none(&files)?;
+        written.extend(files.into_iter().map(|(p, _)| p));
+    }
+    if !failed.is_empty() {
+        for f in &failed {
+            eprintln!("{f}");
+        }
+        return Err(Error::Input(format!(
+            "{} of {} inputs were not translated (above); the other outputs were written",
+            failed.len(),
+            inputs.len()
+        )));
     }
     Ok(written)
+}
+
+/// `out.png` → `out.face1.aligned.png`: a face's crop beside the composite.
+fn crop_path(out: &Path, k: usize, what: &str) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    out.with_file_name(format!("{stem}.face{k}.{what}.png"))
 }
 
 #[derive(Debug, clap::Args)]

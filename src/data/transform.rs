@@ -68,6 +68,24 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
     decode_image(&bytes, path)
 }
 
+/// An image file's width and height, read from its header alone.
+pub fn image_dimensions(path: impl AsRef<Path>) -> Result<(u32, u32)> {
+    let path = path.as_ref();
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| DataError::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| DataError::io(path, e))?;
+    if reader.format().is_none() {
+        return Err(DataError::Decode {
+            path: path.to_path_buf(),
+            message: "not a recognised image format".into(),
+        });
+    }
+    reader
+        .into_dimensions()
+        .map_err(|e| DataError::Decode { path: path.to_path_buf(), message: e.to_string() })
+}
+
 /// Decodes an in-memory image file into 8-bit RGB; `path` is only used in
 /// error messages.
 pub fn decode_image(bytes: &[u8], path: impl AsRef<Path>) -> Result<RgbImage> {

@@ -51,7 +51,7 @@ impl Similarity {
             num_b += x * v - y * u;
             den += x * x + y * y;
         }
-        if !(den > 1e-12) || !den.is_finite() {
+        if den.is_nan() || den <= 1e-12 || !den.is_finite() {
             return None;
         }
         let (a, b) = (num_a / den, num_b / den);

@@ -162,3 +162,42 @@ pub fn landmarks_header(count: usize) -> String {
          rightmouth_x rightmouth_y\n"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::ImageEncoder;
+
+    /// A JPEG whose EXIF says "rotate 90° clockwise to view" (orientation 6), as phones write
+    /// portrait shots.
+    fn rotated_jpeg(w: u32, h: u32) -> Vec<u8> {
+        // TIFF header (little-endian), one IFD with Orientation (0x0112, SHORT) = 6.
+        let mut exif = b"II*\0\x08\0\0\0\x01\0".to_vec();
+        exif.extend_from_slice(&[0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0]);
+        exif.extend_from_slice(&[0, 0, 0, 0]);
+        let img = RgbImage::from_fn(w, h, |x, _| image::Rgb([if x < w / 2 { 255 } else { 0 }, 0, 0]));
+        let mut out = Vec::new();
+        let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95);
+        enc.set_exif_metadata(exif).unwrap();
+        enc.write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8).unwrap();
+        out
+    }
+
+    #[test]
+    fn photos_are_turned_upright_by_their_exif_orientation() {
+        let bytes = rotated_jpeg(64, 32);
+        let upright = decode_photo(&bytes, "portrait.jpg").unwrap();
+        assert_eq!(upright.dimensions(), (32, 64));
+        // Rotated clockwise, the red left half becomes the top half.
+        assert!(upright.get_pixel(16, 8)[0] > 200 && upright.get_pixel(16, 56)[0] < 50);
+        // Training images are read as stored, as PIL reads them.
+        let stored = crate::data::transform::decode_image(&bytes, "portrait.jpg").unwrap();
+        assert_eq!(stored.dimensions(), (64, 32));
+    }
+
+    #[test]
+    fn aligned_sizes_are_recognised() {
+        assert!(looks_aligned(128, 128, 128) && looks_aligned(178, 218, 128));
+        assert!(!looks_aligned(512, 512, 128) && !looks_aligned(218, 178, 128));
+    }
+}
