@@ -49,7 +49,7 @@ D_LR = 1e-4
 BETAS = (0.5, 0.999)
 SELECTED_ATTRS = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]
 HAIR_COLORS = {"Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"}
-WHATS = ("d_step", "g_step", "iteration", "translate", "loader")
+WHATS = ("d_step", "g_step", "iteration", "translate", "loader", "faces")
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -481,9 +481,34 @@ def bench_loader(args: argparse.Namespace) -> dict:
     return out
 
 
+def bench_faces(args: argparse.Namespace, device: torch.device) -> dict:
+    """facenet-pytorch 2.6.0's MTCNN on --image-dir/photo-1024x768.png: detect with landmarks, then
+    cut out every face (extract_face, its crop-and-resize to 160 px), as `MTCNN(keep_all=True)`
+    does for a photo. stargan bench times its own detection + CelebA alignment on the same file."""
+    from PIL import Image
+    from facenet_pytorch import MTCNN, extract_face
+
+    img = Image.open(os.path.join(args.image_dir, "photo-1024x768.png")).convert("RGB")
+    mtcnn = MTCNN(keep_all=True, device=device)
+
+    def run():
+        boxes, _, _ = mtcnn.detect(img, landmarks=True)
+        for box in boxes if boxes is not None else []:
+            extract_face(img, box, image_size=160)
+
+    reset_peak_memory(device)
+    samples, _ = time_calls(run, device, args.warmup, args.iters)
+    out = {"impl": "pytorch", "what": "faces", **summary(samples)}
+    out.update(common_fields(args, device))
+    out.update(peak_memory(device))
+    return out
+
+
 def bench_one(what: str, args: argparse.Namespace, device: torch.device) -> dict:
     if what == "loader":
         return bench_loader(args)
+    if what == "faces":
+        return bench_faces(args, device)
     ref = Reference(args, device)  # fresh, identically seeded networks for every measurement
     batch = ref.preprocess()
     per = 1

@@ -392,11 +392,16 @@ fn translate_finds_aligns_and_pastes_back_faces_in_a_photo() {
     ok(&run(&astronaut, &out, &["--align", "off"]));
     assert_eq!(rgb(&out).dimensions(), (32, 32));
 
-    // No face: one line naming the file and the way out, exit 1, nothing written.
+    // No face: by default a warning and the whole image; with --align on one line naming the
+    // file and the way out, exit 1, nothing written.
     let blank = dir.join("blank.png");
     RgbImage::from_pixel(300, 200, image::Rgb([120, 140, 160])).save(&blank).unwrap();
     let out = dir.join("blank-out.png");
     let res = run(&blank, &out, &[]);
+    assert!(String::from_utf8_lossy(&res.stderr).contains("no face found; translating the whole image"));
+    assert_eq!(rgb(&out).dimensions(), (32, 32));
+    std::fs::remove_file(&out).unwrap();
+    let res = run(&blank, &out, &["--align", "on"]);
     assert_eq!(res.status.code(), Some(1));
     let err = String::from_utf8_lossy(&res.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -472,4 +477,20 @@ fn align_writes_celeba_style_crops_that_the_loaders_read() {
     let said = ok(&stargan(&args));
     assert!(said.contains("2 crops from 0 photos (2 done before)"), "{said}");
     assert_eq!(std::fs::read_to_string(output.join("list_landmarks_align_celeba.txt")).unwrap(), landmarks);
+}
+
+/// Weights that are not MTCNN's are refused at load with the file and the reason.
+#[test]
+fn crafted_detector_weights_are_refused() {
+    let dir = scratch("faces", "weights");
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("face-models");
+    for n in ["pnet.pt", "rnet.pt", "onet.pt"] {
+        std::fs::copy(models.join(n), dir.join(n)).unwrap();
+    }
+    std::fs::copy(models.join("pnet.pt"), dir.join("onet.pt")).unwrap();
+    let err = Detector::load(&dir, Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("onet.pt") && err.contains("`conv1.weight` has shape [10, 3, 3, 3]"), "{err}");
+    std::fs::write(dir.join("onet.pt"), b"not a checkpoint").unwrap();
+    let err = Detector::load(&dir, Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("onet.pt"), "{err}");
 }

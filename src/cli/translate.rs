@@ -42,8 +42,9 @@ pub struct TranslateArgs {
     #[command(flatten)]
     pub faces: FaceArgs,
     /// Translate faces in photos: `auto` finds and aligns them unless the input is already framed
-    /// (exactly the model's size, or CelebA's 178×218); `on` always; `off` translates the whole
-    /// image, centre-cropped.
+    /// (exactly the model's size, or CelebA's 178×218) or the model was trained on RaFD, and
+    /// translates an image without a face whole (with a warning); `on` always aligns and refuses an
+    /// image without a face; `off` translates the whole image, centre-cropped.
     #[arg(long, value_enum, default_value = "auto")]
     pub align: AlignChoice,
     /// Also write each face's aligned crop and its translation beside the output.
@@ -186,7 +187,7 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
                 AlignChoice::On => true,
                 AlignChoice::Auto => {
                     let (w, h) = crate::data::transform::image_dimensions(p)?;
-                    !face::looks_aligned(w, h, size)
+                    !face::looks_aligned(w, h, size) && face::wants_celeba_frame(&model)
                 }
             })
         })
@@ -226,9 +227,22 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
             continue;
         }
         let detector = detector.as_ref().expect("loaded when any input is a photo");
-        let faces = face::load_photo(input).and_then(|img| {
-            Ok((face::find_faces(detector, &img, &args.faces.options(), args.faces.which())?, img))
-        });
+        let opts = args.faces.options();
+        let img = face::load_photo(input)?;
+        let found = detector.detect(&img, &opts)?;
+        if found.is_empty() && args.align == AlignChoice::Auto {
+            // Not a photo of a face, as far as the detector can tell: translate it whole.
+            tracing::warn!(
+                "{}: no face found; translating the whole image (--align on refuses instead)",
+                input.display()
+            );
+            let x = image_io::load_input(input, size)?.to_device(device);
+            let y = model.translate_image(&x, &target, stats, args.precision).map_err(flagged)?;
+            crate::files::write(&out, &image_io::encode(&y, format)?)?;
+            written.push(out);
+            continue;
+        }
+        let faces = face::choose(&img, found, &opts, args.faces.which()).map(|f| (f, img));
         let (faces, img) = match faces {
             Ok(found) => found,
             // In a folder, one photo without a face does not stop the others.

@@ -77,12 +77,27 @@ pub fn find_faces(
     opts: &DetectOptions,
     which: Which,
 ) -> Result<Vec<AlignedFace>> {
-    let faces = detector.detect(photo, opts)?;
+    choose(photo, detector.detect(photo, opts)?, opts, which)
+}
+
+/// Whether `model` was trained on faces in CelebA's frame, so that photos should be aligned for it:
+/// any but a model trained on RaFD alone (whose photos are framed by a centre crop).
+pub fn wants_celeba_frame(model: &Model) -> bool {
+    !(model.labels_known && model.layout.domains.iter().all(|d| d.name == "RaFD"))
+}
+
+/// [`find_faces`] on faces already detected (largest first).
+pub fn choose(
+    photo: &RgbImage,
+    faces: Vec<Face>,
+    opts: &DetectOptions,
+    which: Which,
+) -> Result<Vec<AlignedFace>> {
     if faces.is_empty() {
         return Err(no_face(opts));
     }
     let chosen: Vec<Face> = match which {
-        Which::All => faces.clone(),
+        Which::All => faces,
         Which::Nth(n) if n >= 1 && n <= faces.len() => vec![faces[n - 1]],
         Which::Nth(n) => {
             return Err(Error::Input(format!(

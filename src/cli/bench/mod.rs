@@ -55,7 +55,8 @@ pub struct BenchArgs {
     /// Interleaved rounds of (ours, reference).
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
-    /// Comma-separated: d_step, g_step, iteration, translate, loader.
+    /// Comma-separated: d_step, g_step, iteration, translate, loader, faces (face detection and
+    /// alignment on a 1024×768 photo made from the test photos; reference: facenet-pytorch's MTCNN).
     #[arg(long, default_value = "d_step,g_step,iteration,translate,loader", value_delimiter = ',')]
     pub what: Vec<String>,
     /// A Python with torch 2.13 to run bench/reference.py (e.g. `$(bench/setup-reference.sh)`).
@@ -176,6 +177,9 @@ fn ours(what: &str, args: &BenchArgs, device: Device, images: &[PathBuf]) -> Res
     if what == "loader" {
         return loader_times(args, images);
     }
+    if what == "faces" {
+        return face_times(args, device);
+    }
     let mut m = model(args, device);
     let b = batch(args, device);
     let mode = args.step_mode;
@@ -215,6 +219,44 @@ fn ours(what: &str, args: &BenchArgs, device: Device, images: &[PathBuf]) -> Res
         }
         other => return Err(Error::Input(format!("--what: unknown measurement `{other}`"))),
     })
+}
+
+/// Where the faces benchmark's photo is written (both sides read it).
+fn photo_dir() -> PathBuf {
+    std::env::temp_dir().join("stargan-bench-photo")
+}
+
+/// A 1024×768 photo with two faces at different sizes: the astronaut enlarged to 768² on the left,
+/// the cameraman at 256² on the right, from the photos scripts/setup.sh extracts.
+fn bench_photo() -> Result<image::RgbImage> {
+    let photos = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/photos");
+    let read = |n: &str| {
+        crate::face::load_photo(&photos.join(n))
+            .map_err(|e| Error::Input(format!("{e} (scripts/setup.sh extracts the test photos)")))
+    };
+    let (a, c) = (read("astronaut.png")?, read("camera.png")?);
+    let mut photo = image::RgbImage::from_pixel(1024, 768, image::Rgb([96, 96, 96]));
+    image::imageops::replace(&mut photo, &crate::data::transform::resize(&a, 768, 768)?, 0, 0);
+    image::imageops::replace(&mut photo, &crate::data::transform::resize(&c, 256, 256)?, 768, 256);
+    let png = crate::image_io::encode_rgb8(photo.as_raw(), 1024, 768, crate::image_io::ImageFormat::Png)?;
+    crate::files::write(&photo_dir().join("photo-1024x768.png"), &png)?;
+    Ok(photo)
+}
+
+/// MTCNN with facenet-pytorch's defaults, then every face aligned into CelebA's frame.
+fn face_times(args: &BenchArgs, device: Device) -> Result<Vec<f64>> {
+    let photo = bench_photo()?;
+    let detector = crate::face::Detector::find(None, device)?;
+    let opts = crate::face::DetectOptions::default();
+    let mut found = 0;
+    let samples = time(args.warmup, args.iters, 1, device, || {
+        let faces = detector.detect(&photo, &opts).unwrap_or_default();
+        found = faces.iter().filter_map(|f| crate::face::align(&photo, f)).count();
+    });
+    if found == 0 {
+        return Err(Error::Internal("the benchmark photo's faces were not found".into()));
+    }
+    Ok(samples)
 }
 
 /// Decode + centre crop 178 + resize to image_size + normalise, over every image, on rayon's threads.
@@ -344,7 +386,8 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
             });
             ours_m.push(mo);
             if let Some(r) = &reference {
-                let (s, rss) = r.run(what, args, threads, &image_dir)?;
+                let dir = if what == "faces" { photo_dir() } else { image_dir.clone() };
+                let (s, rss) = r.run(what, args, threads, &dir)?;
                 let mt = median(&s);
                 rss_t = rss;
                 all.push(Measurement {
@@ -380,6 +423,9 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
     }
     if what_per_image(&args.what) {
         report += "(loader: ms per image, decode + crop 178 + resize + normalise, all threads; ratio = images/s ours / reference)\n";
+    }
+    if args.what.iter().any(|w| w == "faces") {
+        report += "(faces: ms per 1024×768 photo, MTCNN + every face cut out: ours aligned to CelebA's frame, the reference's extract_face)\n";
     }
     if let Some(peak) = theoretical_peak_gflops(threads) {
         report += &format!("fp32 peak of {threads} core(s): {peak:.0} GFLOP/s theoretical");
