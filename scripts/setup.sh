@@ -50,6 +50,7 @@ mkdir -p "$cache"
 FACENET_VERSION=2.6.0
 SKIMAGE_VERSION=0.26.0
 faces=face-models
+rm -rf "$faces".tmp.* .cache/photos.tmp.*   # left by an interrupted run
 if [ "$(cat "$faces/.stargan-stamp" 2>/dev/null)" != "facenet-pytorch-$FACENET_VERSION" ]; then
   need_python
   "$py" -m pip download -q --no-deps --only-binary=:all: -d "$cache" "facenet-pytorch==$FACENET_VERSION"

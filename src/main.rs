@@ -103,15 +103,16 @@ fn run(cli: Cli) -> Result<()> {
             set_threads(0);
             let s = stargan::cli::align::align(&args)?;
             println!(
-                "{} crops from {} photos ({} done before) in {}; landmarks in {}",
-                s.crops,
+                "{} photos aligned now ({} done before); {} crops in {}, landmarks in {}",
                 s.photos,
                 s.skipped,
+                s.crops,
                 args.output.display(),
                 s.landmarks.display()
             );
-            if !s.no_face.is_empty() {
-                println!("no face found in {} photos: {}", s.no_face.len(), s.no_face.join(", "));
+            if !s.skipped_inputs.is_empty() {
+                let names: Vec<&str> = s.skipped_inputs.iter().map(|(n, _)| n.as_str()).collect();
+                println!("skipped {} photos (reasons above): {}", names.len(), names.join(", "));
             }
         }
         Command::Info(args) => print!("{}", stargan::cli::translate::info(&args)?),

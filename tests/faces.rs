@@ -442,8 +442,11 @@ fn align_writes_celeba_style_crops_that_the_loaders_read() {
         "--device",
         "cpu",
     ];
-    let said = ok(&stargan(&args));
-    assert!(said.contains("2 crops from 2 photos") && said.contains("no face found in 1 photos"), "{said}");
+    let res = stargan(&args);
+    let said = ok(&res);
+    assert!(said.contains("2 photos aligned now (0 done before); 2 crops"), "{said}");
+    assert!(said.contains("skipped 1 photos (reasons above): bob/blank.png"), "{said}");
+    assert!(String::from_utf8_lossy(&res.stderr).contains("blank.png: no face found"));
     for crop in ["alice/astronaut_1.png", "bob/camera_1.png"] {
         assert_eq!(rgb(&output.join(crop)).dimensions(), face::CELEBA_FRAME);
     }
@@ -475,8 +478,15 @@ fn align_writes_celeba_style_crops_that_the_loaders_read() {
 
     // Again: nothing to do, the same landmarks file.
     let said = ok(&stargan(&args));
-    assert!(said.contains("2 crops from 0 photos (2 done before)"), "{said}");
+    assert!(said.contains("0 photos aligned now (2 done before); 2 crops"), "{said}");
     assert_eq!(std::fs::read_to_string(output.join("list_landmarks_align_celeba.txt")).unwrap(), landmarks);
+
+    // Two photos that would write the same crop names are refused before any work.
+    std::fs::copy(photo_path("camera.png"), input.join("bob/camera.jpg.png")).unwrap();
+    std::fs::copy(photo_path("astronaut.png"), input.join("alice/astronaut.PNG")).unwrap();
+    let res = stargan(&args);
+    assert_eq!(res.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("would both be written as alice/astronaut_1.png"));
 }
 
 /// Weights that are not MTCNN's are refused at load with the file and the reason.

@@ -29,12 +29,16 @@ pub const LANDMARKS_FILE: &str = "list_landmarks_align_celeba.txt";
 /// What a run has done, for resuming: photo → its crops and their landmark lines.
 const JOURNAL: &str = ".stargan-align.json";
 
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Journal {
+    /// The input folder and the detection settings the entries were made with: a run with others
+    /// starts afresh.
+    input: String,
+    settings: String,
     /// Input path relative to `--input` → (crop name, landmarks line) per face.
     done: BTreeMap<String, Vec<(String, String)>>,
-    /// Inputs in which no face was found (this run).
-    no_face: BTreeMap<String, String>,
+    /// Inputs skipped this run (no face, unreadable), with why.
+    skipped: BTreeMap<String, String>,
 }
 
 /// What `align` did.
@@ -42,7 +46,8 @@ pub struct Summary {
     pub photos: usize,
     pub crops: usize,
     pub skipped: usize,
-    pub no_face: Vec<String>,
+    /// Inputs skipped, with why.
+    pub skipped_inputs: Vec<(String, String)>,
     pub landmarks: PathBuf,
 }
 
@@ -65,7 +70,8 @@ fn walk(root: &Path, exclude: &Path) -> Result<Vec<PathBuf>> {
                 continue;
             }
             let path = e.path();
-            if path.is_dir() {
+            // Only real folders are entered (a symlinked one could loop).
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(rel.join(n));
             } else if path.is_file() && crate::data::folder::has_image_extension(n) {
                 out.push(rel.join(n));
@@ -97,14 +103,32 @@ pub fn align(args: &AlignArgs) -> Result<Summary> {
     std::fs::create_dir_all(&args.output)
         .map_err(|source| Error::Write { path: args.output.clone(), source })?;
     let journal_path = args.output.join(JOURNAL);
+    let input_id = root.canonicalize().unwrap_or_else(|_| root.clone()).display().to_string();
+    let settings = format!("min_face_size={} face={:?}", args.faces.min_face_size, args.faces.face);
     let mut journal: Journal = match std::fs::read_to_string(&journal_path) {
         Ok(text) => serde_json::from_str(&text).unwrap_or_default(),
         Err(_) => Journal::default(),
     };
+    if journal.input != input_id || journal.settings != settings {
+        journal = Journal { input: input_id, settings, ..Journal::default() };
+    }
+    // Two photos that would write the same crops (`a.jpg`, `a.png`): refused before any work.
+    let mut stems = std::collections::HashMap::new();
+    for rel in &inputs {
+        let stem = rel.with_extension("");
+        if let Some(first) = stems.insert(stem, rel) {
+            return Err(Error::Input(format!(
+                "{} and {} would both be written as {}_1.png; rename one",
+                first.display(),
+                rel.display(),
+                slash(&rel.with_extension(""))
+            )));
+        }
+    }
     // A recorded photo counts as done only while all its crops are still there.
     journal.done.retain(|_, crops| crops.iter().all(|(name, _)| args.output.join(name).is_file()));
-    // Photos without a face are looked at again (perhaps with a smaller `min_face_size`).
-    journal.no_face.clear();
+    // Photos skipped before are looked at again.
+    journal.skipped.clear();
     let save_journal = |j: &Journal| -> Result<()> {
         let text = serde_json::to_vec(j).map_err(|e| Error::Internal(e.to_string()))?;
         crate::files::write(&journal_path, &text)
@@ -123,12 +147,18 @@ pub fn align(args: &AlignArgs) -> Result<Summary> {
             continue;
         }
         let src = root.join(rel);
-        let img = face::load_photo(&src)?;
-        let faces = match face::find_faces(&detector, &img, &args.faces.options(), args.faces.which()) {
+        // One unreadable photo or one without the face asked for is reported and skipped.
+        let faces = face::load_photo(&src)
+            .and_then(|img| face::find_faces(&detector, &img, &args.faces.options(), args.faces.which()?));
+        let faces = match faces {
             Ok(f) => f,
-            Err(Error::Input(m)) => {
-                bar.suspend(|| eprintln!("{}: {}", src.display(), super::with_flag_names(&m)));
-                journal.no_face.insert(key, m);
+            Err(e)
+                if e.kind() != crate::error::ErrorKind::Internal
+                    && e.kind() != crate::error::ErrorKind::Io =>
+            {
+                let m = super::with_flag_names(&e.to_string());
+                bar.suspend(|| eprintln!("{}: {m}", src.display()));
+                journal.skipped.insert(key, m);
                 continue;
             }
             Err(e) => return Err(e),
@@ -171,7 +201,7 @@ pub fn align(args: &AlignArgs) -> Result<Summary> {
         photos,
         crops: lines.len(),
         skipped,
-        no_face: journal.no_face.keys().cloned().collect(),
+        skipped_inputs: journal.skipped.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         landmarks,
     })
 }

@@ -72,12 +72,17 @@ impl FaceArgs {
         face::DetectOptions { min_face_size: self.min_face_size, ..Default::default() }
     }
 
-    pub fn which(&self) -> face::Which {
-        self.face.map_or(face::Which::All, face::Which::Nth)
+    pub fn which(&self) -> Result<face::Which> {
+        match self.face {
+            None => Ok(face::Which::All),
+            Some(0) => Err(Error::Input("--face counts from 1 (the largest face)".into())),
+            Some(n) => Ok(face::Which::Nth(n)),
+        }
     }
 
     pub fn detector(&self, device: Device) -> Result<face::Detector> {
         self.options().check()?;
+        self.which()?;
         face::Detector::find(self.face_model.as_deref(), device)
     }
 }
@@ -199,8 +204,10 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
     if args.save_crops {
         for ((out, _), _) in outputs.iter().zip(&photo).filter(|(_, &p)| p) {
             for k in 1..=2 {
-                crate::files::destination(&crop_path(out, k, "aligned"))
-                    .map_err(|e| Error::Input(format!("--output: {e}")))?;
+                for what in ["aligned", "translated"] {
+                    crate::files::destination(&crop_path(out, k, what))
+                        .map_err(|e| Error::Input(format!("--output: {e}")))?;
+                }
             }
         }
     }
@@ -228,7 +235,15 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
         }
         let detector = detector.as_ref().expect("loaded when any input is a photo");
         let opts = args.faces.options();
-        let img = face::load_photo(input)?;
+        let img = match face::load_photo(input) {
+            Ok(img) => img,
+            // In a folder, one unreadable photo does not stop the others.
+            Err(e) if inputs.len() > 1 && e.kind() != crate::error::ErrorKind::Internal => {
+                failed.push(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let found = detector.detect(&img, &opts)?;
         if found.is_empty() && args.align == AlignChoice::Auto {
             // Not a photo of a face, as far as the detector can tell: translate it whole.
@@ -242,7 +257,7 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
             written.push(out);
             continue;
         }
-        let faces = face::choose(&img, found, &opts, args.faces.which()).map(|f| (f, img));
+        let faces = face::choose(&img, found, &opts, args.faces.which()?).map(|f| (f, img));
         let (faces, img) = match faces {
             Ok(found) => found,
             // In a folder, one photo without a face does not stop the others.
@@ -250,7 +265,12 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
                 failed.push(format!("{}: {e}", input.display()));
                 continue;
             }
-            Err(e @ Error::Input(_)) => return Err(Error::Input(format!("{}: {e}", input.display()))),
+            Err(e @ Error::Input(_)) => {
+                return Err(Error::Input(format!(
+                    "{}: {e}; `align` off translates the whole image",
+                    input.display()
+                )))
+            }
             Err(e) => return Err(e),
         };
         for f in &faces {
@@ -287,7 +307,7 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
     }
     if !failed.is_empty() {
         for f in &failed {
-            eprintln!("{f}");
+            eprintln!("{}", super::with_flag_names(f));
         }
         return Err(Error::Input(format!(
             "{} of {} inputs were not translated (above); the other outputs were written",

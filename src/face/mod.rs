@@ -57,7 +57,7 @@ pub fn looks_aligned(width: u32, height: u32, network_size: u32) -> bool {
 fn no_face(opts: &DetectOptions) -> Error {
     Error::Input(format!(
         "no face found (faces narrower than {} pixels are not searched for; lower `min_face_size` to \
-         find smaller ones, or turn `align` off to translate the whole image)",
+         find smaller ones)",
         opts.min_face_size
     ))
 }
