@@ -40,7 +40,7 @@ pub struct LabelLayout {
 }
 
 /// The hair-colour attributes that the reference treats as one exclusive group in its targets.
-const HAIR_COLOURS: [&str; 4] = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"];
+pub const HAIR_COLOURS: [&str; 4] = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"];
 
 impl LabelLayout {
     pub fn single(domain: Domain) -> Self {

@@ -18,5 +18,6 @@ pub mod model;
 pub mod optim;
 pub mod precision;
 pub mod rng;
+pub mod serve;
 pub mod tensorboard;
 pub mod train;

@@ -29,6 +29,8 @@ enum Command {
     Translate(TranslateArgs),
     /// Find the faces in photos and write them as CelebA-style 178×218 aligned crops, with landmarks.
     Align(stargan::cli::align::AlignArgs),
+    /// Serve a web page and an HTTP API for translating photos (faces found, batched, bounded).
+    Serve(Box<stargan::cli::serve::ServeArgs>),
     /// Describe a checkpoint: its format, inferred architecture and parameter counts.
     Info(InfoArgs),
     /// Write a training checkpoint's G and D with the reference's keys (safetensors or .ckpt).
@@ -114,6 +116,10 @@ fn run(cli: Cli) -> Result<()> {
                 let names: Vec<&str> = s.skipped_inputs.iter().map(|(n, _)| n.as_str()).collect();
                 println!("skipped {} photos (reasons above): {}", names.len(), names.join(", "));
             }
+        }
+        Command::Serve(args) => {
+            set_threads(0);
+            stargan::cli::serve::serve(&args)?;
         }
         Command::Info(args) => print!("{}", stargan::cli::translate::info(&args)?),
         Command::Export(args) => {

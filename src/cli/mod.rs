@@ -3,6 +3,7 @@
 pub mod align;
 pub mod args;
 pub mod bench;
+pub mod serve;
 pub mod eval;
 pub mod synth;
 pub mod test;
@@ -17,7 +18,7 @@ pub use args::RunArgs;
 pub fn with_flag_names(message: &str) -> String {
     let keys = crate::config::TrainConfig::keys();
     let extra =
-        ["max_images", "classifier_iters", "classifier", "min_face_size", "align", "face", "face_model"];
+        ["max_images", "classifier_iters", "classifier", "min_face_size", "align", "face", "face_model", "token", "public"];
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(start) = rest.find('`') {
