@@ -75,6 +75,20 @@ if [ ! -f "$photos/astronaut.png" ] || [ ! -f "$photos/camera.png" ]; then
   mkdir -p "$photos" && mv "$ptmp"/skimage/data/*.png "$photos"/ && rm -rf "$ptmp"
 fi
 
+# The server's browser test drives Debian's chromium with playwright-core (npm, pinned in
+# tests/browser/package-lock.json).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (for the page's browser test)" >&2
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing nodejs and npm" >&2
+  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
+if [ ! -f tests/browser/node_modules/playwright-core/package.json ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund --silent) >&2
+fi
+
 if [ -n "${LIBTORCH:-}" ] && [ "$(realpath -m "$LIBTORCH")" != "$(realpath -m "$dest")" ]; then
   echo "setup: using LIBTORCH=$LIBTORCH from the environment" >&2
   exit 0

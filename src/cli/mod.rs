@@ -3,8 +3,8 @@
 pub mod align;
 pub mod args;
 pub mod bench;
-pub mod serve;
 pub mod eval;
+pub mod serve;
 pub mod synth;
 pub mod test;
 pub mod translate;
@@ -17,8 +17,17 @@ pub use args::RunArgs;
 /// Backquoted words that are not settings (`latest`, a label name) stay as they are.
 pub fn with_flag_names(message: &str) -> String {
     let keys = crate::config::TrainConfig::keys();
-    let extra =
-        ["max_images", "classifier_iters", "classifier", "min_face_size", "align", "face", "face_model", "token", "public"];
+    let extra = [
+        "max_images",
+        "classifier_iters",
+        "classifier",
+        "min_face_size",
+        "align",
+        "face",
+        "face_model",
+        "token",
+        "public",
+    ];
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(start) = rest.find('`') {

@@ -61,7 +61,10 @@ pub struct FaceInfo {
 pub enum Done {
     Detected(Vec<FaceInfo>),
     /// The photo with its faces translated, or the whole image translated (`size`²).
-    Translated { image: RgbImage, faces: usize },
+    Translated {
+        image: RgbImage,
+        faces: usize,
+    },
 }
 
 type Reply = oneshot::Sender<Result<Done, ApiError>>;
@@ -80,7 +83,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn start(model: Model, detector: Option<Detector>, cfg: EngineConfig, metrics: Arc<Metrics>) -> Engine {
+    pub fn start(
+        model: Model,
+        detector: Option<Detector>,
+        cfg: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
         let (tx, rx) = sync_channel::<Job>(cfg.queue);
         let m = metrics.clone();
         let worker = std::thread::Builder::new()
@@ -105,7 +113,11 @@ impl Engine {
     }
 
     /// Queue `work`; `Err` (503) when the queue is full or the worker has stopped.
-    pub fn submit(&self, work: Work, deadline: Instant) -> Result<oneshot::Receiver<Result<Done, ApiError>>, ApiError> {
+    pub fn submit(
+        &self,
+        work: Work,
+        deadline: Instant,
+    ) -> Result<oneshot::Receiver<Result<Done, ApiError>>, ApiError> {
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or_else(ApiError::shutting_down)?;
         self.metrics.queue_depth.fetch_add(1, Ordering::SeqCst);
@@ -177,15 +189,17 @@ impl Worker {
                     let r = self.detect(image);
                     let _ = j.reply.send(r.map(Done::Detected));
                 }
-                Work::Translate { image, target, which, align } => match self.prepare(i, image, target, *which, *align) {
-                    Ok(u) => {
-                        units.extend(u);
-                        translate.push((i, j));
+                Work::Translate { image, target, which, align } => {
+                    match self.prepare(i, image, target, *which, *align) {
+                        Ok(u) => {
+                            units.extend(u);
+                            translate.push((i, j));
+                        }
+                        Err(e) => {
+                            let _ = j.reply.send(Err(e));
+                        }
                     }
-                    Err(e) => {
-                        let _ = j.reply.send(Err(e));
-                    }
-                },
+                }
             }
         }
         if translate.is_empty() {
@@ -216,7 +230,11 @@ impl Worker {
 
     fn faces(&self, image: &RgbImage) -> Result<Vec<Face>, ApiError> {
         let d = self.detector.as_ref().ok_or_else(|| {
-            ApiError::new(501, "no_detector", format!("this server has no face detector: {}", face::HOW_TO_GET_WEIGHTS))
+            ApiError::new(
+                501,
+                "no_detector",
+                format!("this server has no face detector: {}", face::HOW_TO_GET_WEIGHTS),
+            )
         })?;
         d.detect(image, &self.cfg.detect).map_err(ApiError::from)
     }
@@ -231,7 +249,8 @@ impl Worker {
                 let x = crate::image_io::to_network_input(a.image, size)?.to_device(self.device());
                 for (k, domain) in self.model.layout.domains.iter().enumerate() {
                     if let Some(p) = self.model.predict_labels(k, &x) {
-                        let p = Vec::<f32>::try_from(p.to_device(Device::Cpu).view([-1])).map_err(crate::error::Error::from)?;
+                        let p = Vec::<f32>::try_from(p.to_device(Device::Cpu).view([-1]))
+                            .map_err(crate::error::Error::from)?;
                         labels.extend(domain.labels.iter().cloned().zip(p));
                     }
                 }
@@ -242,14 +261,22 @@ impl Worker {
     }
 
     /// The network inputs of one translate job.
-    fn prepare(&self, job: usize, image: &RgbImage, target: &Target, which: Which, align: AlignMode) -> Result<Vec<Unit>, ApiError> {
+    fn prepare(
+        &self,
+        job: usize,
+        image: &RgbImage,
+        target: &Target,
+        which: Which,
+        align: AlignMode,
+    ) -> Result<Vec<Unit>, ApiError> {
         let size = self.model.input_size();
         let whole = |img: &RgbImage| -> Result<Vec<Unit>, ApiError> {
             let x = crate::image_io::to_network_input(img.clone(), size)?.to_device(self.device());
             let c = self.model.condition(target, &x).map_err(ApiError::target)?;
             Ok(vec![Unit { job, x, c, face: None }])
         };
-        let framed = face::looks_aligned(image.width(), image.height(), size) || !face::wants_celeba_frame(&self.model);
+        let framed = face::looks_aligned(image.width(), image.height(), size)
+            || !face::wants_celeba_frame(&self.model);
         if align == AlignMode::Off || (align == AlignMode::Auto && framed) {
             return whole(image);
         }
@@ -275,13 +302,18 @@ impl Worker {
         for chunk in units.chunks(self.cfg.max_batch.max(1)) {
             let xs: Vec<&Tensor> = chunk.iter().map(|u| &u.x).collect();
             let cs: Vec<&Tensor> = chunk.iter().map(|u| &u.c).collect();
-            let y = self.model.translate(&Tensor::cat(&xs, 0), &Tensor::cat(&cs, 0), NormStats::PerImageFrozen, self.cfg.precision);
+            let y = self.model.translate(
+                &Tensor::cat(&xs, 0),
+                &Tensor::cat(&cs, 0),
+                NormStats::PerImageFrozen,
+                self.cfg.precision,
+            );
             for i in 0..chunk.len() {
-                out.push(
-                    crate::image_io::to_rgb8(&y.get(i as i64))
-                        .map_err(ApiError::from)
-                        .and_then(|(rgb, w, h)| RgbImage::from_raw(w, h, rgb).ok_or_else(|| ApiError::internal("G's output size"))),
-                );
+                out.push(crate::image_io::to_rgb8(&y.get(i as i64)).map_err(ApiError::from).and_then(
+                    |(rgb, w, h)| {
+                        RgbImage::from_raw(w, h, rgb).ok_or_else(|| ApiError::internal("G's output size"))
+                    },
+                ));
             }
         }
         out

@@ -13,7 +13,9 @@ use crate::image_io::ImageFormat;
 use crate::inference::{Edit, Model, Target};
 use crate::labels::{LabelKind, HAIR_COLOURS};
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Multipart, RawQuery, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Multipart, RawQuery, Request, State,
+};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -127,7 +129,8 @@ fn model_info(model: &Model, detector: bool, cfg: &ServeConfig) -> serde_json::V
             LabelKind::OneHot => groups.push(serde_json::json!({
                 "name": d.name, "dataset": d.name, "exclusive": true, "labels": d.labels })),
             LabelKind::MultiLabel => {
-                let hair: Vec<&String> = d.labels.iter().filter(|l| HAIR_COLOURS.contains(&l.as_str())).collect();
+                let hair: Vec<&String> =
+                    d.labels.iter().filter(|l| HAIR_COLOURS.contains(&l.as_str())).collect();
                 if !hair.is_empty() {
                     groups.push(serde_json::json!({
                         "name": "hair colour", "dataset": d.name, "exclusive": true, "labels": hair }));
@@ -172,7 +175,13 @@ pub fn serve(
     let metrics = Arc::new(Metrics::default());
     let info = model_info(&model, detector.is_some(), &cfg);
     let engine = Engine::start(model, detector, cfg.engine, metrics.clone());
-    let state = Arc::new(AppState { engine, metrics, model_info: info, cfg: cfg.clone(), buckets: Mutex::new(HashMap::new()) });
+    let state = Arc::new(AppState {
+        engine,
+        metrics,
+        model_info: info,
+        cfg: cfg.clone(),
+        buckets: Mutex::new(HashMap::new()),
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -229,11 +238,17 @@ fn router(state: Shared) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(api)
         .fallback(|| async { ApiError::new(404, "not_found", "no such route") })
-        .method_not_allowed_fallback(|| async { ApiError::new(405, "method_not_allowed", "wrong method for this route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(405, "method_not_allowed", "wrong method for this route")
+        })
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(middleware::from_fn(header_limit))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(cfg.max_body_bytes))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, cfg.request_timeout))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            cfg.request_timeout,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe));
     if !cfg.allow_origins.is_empty() {
         let origins: Vec<HeaderValue> = cfg.allow_origins.iter().filter_map(|o| o.parse().ok()).collect();
@@ -245,6 +260,22 @@ fn router(state: Shared) -> Router {
         );
     }
     app.with_state(state)
+}
+
+/// The most header bytes a request may send (hyper itself stops reading at about 400 KB).
+const MAX_HEADER_BYTES: usize = 16 << 10;
+
+async fn header_limit(req: Request, next: Next) -> Response {
+    let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > MAX_HEADER_BYTES {
+        return ApiError::new(
+            431,
+            "headers_too_large",
+            format!("the request's headers exceed {MAX_HEADER_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Requests and latency by route and status.
@@ -265,7 +296,12 @@ async fn authorize(State(s): State<Shared>, headers: HeaderMap, req: Request, ne
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !tokens_equal(given.as_bytes(), token.as_bytes()) {
-            return ApiError::new(401, "unauthorized", "a valid access token is required (Authorization: Bearer …)").into_response();
+            return ApiError::new(
+                401,
+                "unauthorized",
+                "a valid access token is required (Authorization: Bearer …)",
+            )
+            .into_response();
         }
     }
     next.run(req).await
@@ -279,7 +315,12 @@ fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A token bucket per client address: `rate` per second, bursts of twice that.
-async fn rate_limit(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request, next: Next) -> Response {
+async fn rate_limit(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
     let rate = s.cfg.rate_per_client;
     if rate > 0.0 && req.uri().path() != "/healthz" {
         let burst = (2.0 * rate).max(1.0);
@@ -302,7 +343,11 @@ async fn rate_limit(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<Sock
         };
         if let Some(secs) = wait {
             s.metrics.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut e = ApiError::new(429, "rate_limited", format!("more than {rate} requests per second from {}", peer.ip()));
+            let mut e = ApiError::new(
+                429,
+                "rate_limited",
+                format!("more than {rate} requests per second from {}", peer.ip()),
+            );
             e.retry_after = Some(secs);
             return e.into_response();
         }
@@ -330,10 +375,16 @@ struct Upload {
 
 async fn upload(query: Option<String>, req: Request, state: &Shared) -> Result<Upload, ApiError> {
     let mut params: Vec<(String, String)> = match query {
-        Some(q) => serde_urlencoded::from_str(&q).map_err(|e| ApiError::new(400, "bad_request", format!("query: {e}")))?,
+        Some(q) => serde_urlencoded::from_str(&q)
+            .map_err(|e| ApiError::new(400, "bad_request", format!("query: {e}")))?,
         None => Vec::new(),
     };
-    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let ctype = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let too_large = |e: &dyn std::fmt::Display| {
         let m = e.to_string();
         if m.contains("length limit") || m.contains("too large") {
@@ -343,7 +394,9 @@ async fn upload(query: Option<String>, req: Request, state: &Shared) -> Result<U
         }
     };
     let image = if ctype.starts_with("multipart/form-data") {
-        let mut mp = Multipart::from_request(req, state).await.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
+        let mut mp = Multipart::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
         let mut image = None;
         while let Some(field) = mp.next_field().await.map_err(|e| too_large(&e))? {
             let name = field.name().unwrap_or("").to_string();
@@ -363,7 +416,9 @@ async fn upload(query: Option<String>, req: Request, state: &Shared) -> Result<U
         return Err(ApiError::new(
             415,
             "unsupported_media_type",
-            format!("send the image as multipart/form-data (field `image`) or a raw image/* body, not `{ctype}`"),
+            format!(
+                "send the image as multipart/form-data (field `image`) or a raw image/* body, not `{ctype}`"
+            ),
         ));
     };
     if image.is_empty() {
@@ -381,11 +436,18 @@ async fn decode(bytes: Bytes, max_pixels: u64) -> Result<image::RgbImage, ApiErr
         if reader.format().is_none() {
             return Err(ApiError::new(400, "bad_image", "not a recognised image format (PNG and JPEG are)"));
         }
-        let (w, h) = reader.into_dimensions().map_err(|e| ApiError::new(400, "bad_image", format!("unreadable image header: {e}")))?;
+        let (w, h) = reader
+            .into_dimensions()
+            .map_err(|e| ApiError::new(400, "bad_image", format!("unreadable image header: {e}")))?;
         if u64::from(w) * u64::from(h) > max_pixels {
-            return Err(ApiError::new(413, "too_many_pixels", format!("a {w}×{h} image exceeds the {max_pixels}-pixel limit")));
+            return Err(ApiError::new(
+                413,
+                "too_many_pixels",
+                format!("a {w}×{h} image exceeds the {max_pixels}-pixel limit"),
+            ));
         }
-        crate::face::decode_photo(&bytes, "the upload").map_err(|e| ApiError::new(400, "bad_image", e.to_string()))
+        crate::face::decode_photo(&bytes, "the upload")
+            .map_err(|e| ApiError::new(400, "bad_image", e.to_string()))
     })
     .await
     .map_err(|_| ApiError::internal("the decoder stopped"))?
@@ -403,13 +465,17 @@ async fn detect(State(s): State<Shared>, RawQuery(q): RawQuery, req: Request) ->
     let image = decode(up.image, s.cfg.max_pixels).await?;
     let (w, h) = image.dimensions();
     match run(&s, Work::Detect { image }).await? {
-        Done::Detected(faces) => Ok(Json(serde_json::json!({ "width": w, "height": h, "faces": faces })).into_response()),
+        Done::Detected(faces) => {
+            Ok(Json(serde_json::json!({ "width": w, "height": h, "faces": faces })).into_response())
+        }
         Done::Translated { .. } => Err(ApiError::internal("detect answered with a translation")),
     }
 }
 
 /// `set=NAME=VALUE` (repeatable) or `target=0,1,…`, `face=N`, `align=auto|on|off`, `format=png|jpeg`.
-fn translate_params(params: &[(String, String)]) -> Result<(Target, Which, AlignMode, ImageFormat), ApiError> {
+fn translate_params(
+    params: &[(String, String)],
+) -> Result<(Target, Which, AlignMode, ImageFormat), ApiError> {
     let bad = |m: String| ApiError::new(400, "bad_target", m);
     let mut edits = Vec::new();
     let mut vector = None;
@@ -421,7 +487,13 @@ fn translate_params(params: &[(String, String)]) -> Result<(Target, Which, Align
             "face" => {
                 which = match v.parse::<usize>() {
                     Ok(n) if n >= 1 => Which::Nth(n),
-                    _ => return Err(ApiError::new(400, "bad_request", format!("face: `{v}` is not a face number (from 1)"))),
+                    _ => {
+                        return Err(ApiError::new(
+                            400,
+                            "bad_request",
+                            format!("face: `{v}` is not a face number (from 1)"),
+                        ))
+                    }
                 }
             }
             "align" => {
@@ -429,14 +501,26 @@ fn translate_params(params: &[(String, String)]) -> Result<(Target, Which, Align
                     "auto" => AlignMode::Auto,
                     "on" => AlignMode::On,
                     "off" => AlignMode::Off,
-                    _ => return Err(ApiError::new(400, "bad_request", format!("align: `{v}` is not auto, on or off"))),
+                    _ => {
+                        return Err(ApiError::new(
+                            400,
+                            "bad_request",
+                            format!("align: `{v}` is not auto, on or off"),
+                        ))
+                    }
                 }
             }
             "format" => {
                 format = match v.as_str() {
                     "png" => ImageFormat::Png,
                     "jpeg" | "jpg" => ImageFormat::Jpeg,
-                    _ => return Err(ApiError::new(400, "bad_request", format!("format: `{v}` is not png or jpeg"))),
+                    _ => {
+                        return Err(ApiError::new(
+                            400,
+                            "bad_request",
+                            format!("format: `{v}` is not png or jpeg"),
+                        ))
+                    }
                 }
             }
             other => return Err(ApiError::new(400, "bad_request", format!("unknown parameter `{other}`"))),
@@ -451,11 +535,16 @@ fn translate_params(params: &[(String, String)]) -> Result<(Target, Which, Align
     Ok((target, which, align, format))
 }
 
-async fn translate(State(s): State<Shared>, RawQuery(q): RawQuery, req: Request) -> Result<Response, ApiError> {
+async fn translate(
+    State(s): State<Shared>,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> Result<Response, ApiError> {
     let up = upload(q, req, &s).await?;
     let (target, which, align, format) = translate_params(&up.params)?;
     let image = decode(up.image, s.cfg.max_pixels).await?;
-    let Done::Translated { image, faces } = run(&s, Work::Translate { image, target, which, align }).await? else {
+    let Done::Translated { image, faces } = run(&s, Work::Translate { image, target, which, align }).await?
+    else {
         return Err(ApiError::internal("translate answered with a detection"));
     };
     let bytes = tokio::task::spawn_blocking(move || {
@@ -464,7 +553,10 @@ async fn translate(State(s): State<Shared>, RawQuery(q): RawQuery, req: Request)
     .await
     .map_err(|_| ApiError::internal("the encoder stopped"))??;
     Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static(format.mime())), (header::HeaderName::from_static("x-faces"), HeaderValue::from(faces))],
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(format.mime())),
+            (header::HeaderName::from_static("x-faces"), HeaderValue::from(faces)),
+        ],
         bytes,
     )
         .into_response())
