@@ -201,6 +201,17 @@ impl Model {
 
     /// G's label input `[1, g_dim]` for one input image `x` `[1,3,S,S]` and a target.
     pub fn condition(&self, target: &Target, x: &Tensor) -> Result<Tensor> {
+        self.condition_given(target, x.device(), &|k| self.predict_labels(k, x))
+    }
+
+    /// [`Self::condition`] with D's reading of data set `k`'s labels for the image (`[1, dim]`)
+    /// given by `predicted`, so a batch can have D run once for all its images.
+    pub fn condition_given(
+        &self,
+        target: &Target,
+        device: Device,
+        predicted: &dyn Fn(usize) -> Option<Tensor>,
+    ) -> Result<Tensor> {
         let g_dim = self.layout.g_dim();
         let edits = match target {
             Target::Vector(v) if v.len() as i64 != g_dim => {
@@ -213,7 +224,7 @@ impl Model {
                 for &x in v {
                     check_value("the target", x)?;
                 }
-                return Ok(Tensor::from_slice(v).view([1, g_dim]).to_device(x.device()));
+                return Ok(Tensor::from_slice(v).view([1, g_dim]).to_device(device));
             }
             Target::Edits(e) if e.is_empty() => {
                 return Err(Error::Input("no target: give a label vector or label edits".into()))
@@ -232,7 +243,7 @@ impl Model {
             ));
         }
         let domain = &self.layout.domains[k];
-        let mut dense: Vec<f32> = match self.predict_labels(k, x) {
+        let mut dense: Vec<f32> = match predicted(k) {
             Some(p) => Vec::<f32>::try_from(p.to_device(Device::Cpu).view([-1]))?,
             None => vec![0.0; domain.dim() as usize],
         };
@@ -242,7 +253,7 @@ impl Model {
             }
             dense[i] = v;
         }
-        let dense = Tensor::from_slice(&dense).view([1, domain.dim()]).to_device(x.device());
+        let dense = Tensor::from_slice(&dense).view([1, domain.dim()]).to_device(device);
         Ok(self.layout.place(k, &dense))
     }
 

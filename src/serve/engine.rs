@@ -160,7 +160,6 @@ struct Worker {
 struct Unit {
     job: usize,
     x: Tensor,
-    c: Tensor,
     face: Option<AlignedFace>,
 }
 
@@ -206,7 +205,14 @@ impl Worker {
             return;
         }
         self.metrics.observe_batch(units.len());
-        let outputs = self.generate(&units);
+        let targets: Vec<&Target> = units
+            .iter()
+            .map(|u| match &translate.iter().find(|(i, _)| *i == u.job).expect("a unit's job").1.work {
+                Work::Translate { target, .. } => target,
+                Work::Detect { .. } => unreachable!("detect jobs have no units"),
+            })
+            .collect();
+        let outputs = self.generate(&units, &targets);
         for (i, j) in translate {
             let Work::Translate { image, .. } = j.work else { continue };
             let mine: Vec<(&Unit, &Result<RgbImage, ApiError>)> =
@@ -270,10 +276,11 @@ impl Worker {
         align: AlignMode,
     ) -> Result<Vec<Unit>, ApiError> {
         let size = self.model.input_size();
+        // A target the model cannot take fails here, before any network runs.
+        let _ = self.model.condition_given(target, self.device(), &|_| None).map_err(ApiError::target)?;
         let whole = |img: &RgbImage| -> Result<Vec<Unit>, ApiError> {
             let x = crate::image_io::to_network_input(img.clone(), size)?.to_device(self.device());
-            let c = self.model.condition(target, &x).map_err(ApiError::target)?;
-            Ok(vec![Unit { job, x, c, face: None }])
+            Ok(vec![Unit { job, x, face: None }])
         };
         let framed = face::looks_aligned(image.width(), image.height(), size)
             || !face::wants_celeba_frame(&self.model);
@@ -289,25 +296,40 @@ impl Worker {
             .into_iter()
             .map(|a| {
                 let x = crate::image_io::to_network_input(a.image.clone(), size)?.to_device(self.device());
-                let c = self.model.condition(target, &x).map_err(ApiError::target)?;
-                Ok(Unit { job, x, c, face: Some(a) })
+                Ok(Unit { job, x, face: Some(a) })
             })
             .collect()
     }
 
-    /// G on every unit, `max_batch` at a time; per-image instance-norm statistics, so a batch gives
-    /// each image what it would get alone.
-    fn generate(&self, units: &[Unit]) -> Vec<Result<RgbImage, ApiError>> {
+    /// G on every unit, `max_batch` at a time, D once per chunk for the labels edits keep; per-image
+    /// instance-norm statistics, so a batch gives each image what it would get alone.
+    fn generate(&self, units: &[Unit], targets: &[&Target]) -> Vec<Result<RgbImage, ApiError>> {
         let mut out = Vec::with_capacity(units.len());
-        for chunk in units.chunks(self.cfg.max_batch.max(1)) {
+        let n_domains = self.model.layout.domains.len();
+        let step = self.cfg.max_batch.max(1);
+        for (chunk, targets) in units.chunks(step).zip(targets.chunks(step)) {
             let xs: Vec<&Tensor> = chunk.iter().map(|u| &u.x).collect();
-            let cs: Vec<&Tensor> = chunk.iter().map(|u| &u.c).collect();
-            let y = self.model.translate(
-                &Tensor::cat(&xs, 0),
-                &Tensor::cat(&cs, 0),
-                NormStats::PerImageFrozen,
-                self.cfg.precision,
-            );
+            let x = Tensor::cat(&xs, 0);
+            let edits = targets.iter().any(|t| matches!(t, Target::Edits(_)));
+            let read: Vec<Option<Tensor>> =
+                (0..n_domains).map(|k| if edits { self.model.predict_labels(k, &x) } else { None }).collect();
+            let cs: Result<Vec<Tensor>, ApiError> = targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let mine = |k: usize| read[k].as_ref().map(|p| p.get(i as i64).unsqueeze(0));
+                    self.model.condition_given(t, self.device(), &mine).map_err(ApiError::target)
+                })
+                .collect();
+            let cs = match cs {
+                Ok(cs) => cs,
+                Err(e) => {
+                    out.extend(chunk.iter().map(|_| Err(e.clone())));
+                    continue;
+                }
+            };
+            let y =
+                self.model.translate(&x, &Tensor::cat(&cs, 0), NormStats::PerImageFrozen, self.cfg.precision);
             for i in 0..chunk.len() {
                 out.push(crate::image_io::to_rgb8(&y.get(i as i64)).map_err(ApiError::from).and_then(
                     |(rgb, w, h)| {

@@ -166,6 +166,17 @@ pub fn serve(
     detector: Option<Detector>,
     ready: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> crate::error::Result<()> {
+    serve_until(cfg, model, detector, ready, shutdown_signal())
+}
+
+/// [`serve`] until `stop` completes (then in-flight requests are answered and the worker drains).
+pub fn serve_until(
+    cfg: ServeConfig,
+    model: Model,
+    detector: Option<Detector>,
+    ready: impl FnOnce(SocketAddr) + Send + 'static,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> crate::error::Result<()> {
     if !cfg.addr.ip().is_loopback() && cfg.token.is_none() && !cfg.public {
         return Err(Error::Input(format!(
             "{} is reachable from other machines: give an access token (`token`, or STARGAN_TOKEN) or say `public`",
@@ -196,7 +207,7 @@ pub fn serve(
         ready(addr);
         let app = router(serving);
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(stop)
             .await
             .map_err(|e| Error::Internal(format!("server: {e}")))
     })?;

@@ -4,6 +4,7 @@
 //! This module is the harness (timing, models, report); `reference` drives the PyTorch side.
 
 mod reference;
+mod serve_load;
 
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::source::Source;
@@ -55,7 +56,8 @@ pub struct BenchArgs {
     /// Interleaved rounds of (ours, reference).
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
-    /// Comma-separated: d_step, g_step, iteration, translate, loader, faces (face detection and
+    /// Comma-separated: d_step, g_step, iteration, translate, loader, serve (the server under load;
+    /// its own table), faces (face detection and
     /// alignment on a 1024×768 photo made from the test photos; reference: facenet-pytorch's MTCNN).
     #[arg(long, default_value = "d_step,g_step,iteration,translate,loader", value_delimiter = ',')]
     pub what: Vec<String>,
@@ -368,7 +370,7 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
         _ => (serde_json::Value::Null, None),
     };
     report += "what        ours ms (median)   reference ms   speed-up (median of rounds, min-max)   peak RSS MB ours/ref   GFLOP/s ours/ref\n";
-    for what in &args.what {
+    for what in args.what.iter().filter(|w| *w != "serve") {
         let (mut ours_m, mut theirs_m, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rss_o, mut rss_t) = (None, None);
         for round in 0..args.rounds {
@@ -426,6 +428,9 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
     }
     if args.what.iter().any(|w| w == "faces") {
         report += "(faces: ms per 1024×768 photo, MTCNN + every face cut out: ours aligned to CelebA's frame, the reference's extract_face)\n";
+    }
+    if args.what.iter().any(|w| w == "serve") {
+        report += &serve_load::report(args.iters.max(1))?;
     }
     if let Some(peak) = theoretical_peak_gflops(threads) {
         report += &format!("fp32 peak of {threads} core(s): {peak:.0} GFLOP/s theoretical");
