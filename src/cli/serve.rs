@@ -118,7 +118,18 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     };
     let token = cfg.token.clone();
     crate::serve::serve(cfg, model, detector, move |addr| {
-        let fragment = token.map(|t| format!("#token={t}")).unwrap_or_default();
+        // Percent-encoded: the page reads it with URLSearchParams, which turns `+` into a space.
+        let encode = |t: &str| -> String {
+            t.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        let fragment = token.map(|t| format!("#token={}", encode(&t))).unwrap_or_default();
         println!("listening on http://{addr}/{fragment}");
     })
     .map_err(|e| Error::Input(super::with_flag_names(&e.to_string())))

@@ -105,7 +105,11 @@ impl Engine {
                         }
                     }
                     w.metrics.queue_depth.fetch_sub(batch.len(), Ordering::SeqCst);
-                    w.run(batch);
+                    // A libtorch failure that panics (out of memory in a large batch) costs this
+                    // batch (its clients get 500s), not the worker.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run(batch))).is_err() {
+                        tracing::error!("the inference worker failed on a batch; its requests got 500");
+                    }
                 }
             })
             .expect("spawn the inference thread");
@@ -204,7 +208,6 @@ impl Worker {
         if translate.is_empty() {
             return;
         }
-        self.metrics.observe_batch(units.len());
         let targets: Vec<&Target> = units
             .iter()
             .map(|u| match &translate.iter().find(|(i, _)| *i == u.job).expect("a unit's job").1.work {
@@ -328,6 +331,7 @@ impl Worker {
                     continue;
                 }
             };
+            self.metrics.observe_batch(chunk.len());
             let y =
                 self.model.translate(&x, &Tensor::cat(&cs, 0), NormStats::PerImageFrozen, self.cfg.precision);
             for i in 0..chunk.len() {

@@ -117,6 +117,9 @@ struct AppState {
     model_info: serde_json::Value,
     cfg: ServeConfig,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    /// Uploads being decoded at once: each may take up to `max_pixels` × 11 bytes (16-bit RGBA and
+    /// its RGB copy), so memory stays bounded however many requests arrive.
+    decoding: tokio::sync::Semaphore,
 }
 
 type Shared = Arc<AppState>;
@@ -192,6 +195,7 @@ pub fn serve_until(
         model_info: info,
         cfg: cfg.clone(),
         buckets: Mutex::new(HashMap::new()),
+        decoding: tokio::sync::Semaphore::new(2),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -254,12 +258,14 @@ fn router(state: Shared) -> Router {
         })
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(middleware::from_fn(header_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), same_origin))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(cfg.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             cfg.request_timeout,
         ))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), observe));
     if !cfg.allow_origins.is_empty() {
         let origins: Vec<HeaderValue> = cfg.allow_origins.iter().filter_map(|o| o.parse().ok()).collect();
@@ -285,6 +291,50 @@ async fn header_limit(req: Request, next: Next) -> Response {
             format!("the request's headers exceed {MAX_HEADER_BYTES} bytes"),
         )
         .into_response();
+    }
+    next.run(req).await
+}
+
+/// Answers made by layers below us (tower-http's 408 and 413) as our JSON errors.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    let json =
+        r.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let status = r.status().as_u16();
+    if status < 400 || json {
+        return r;
+    }
+    let (code, message) = match status {
+        408 => ("timeout", "the request took longer than the server allows"),
+        413 => ("too_large", "the upload is larger than the server allows"),
+        431 => ("headers_too_large", "the request's headers are too large"),
+        _ => ("error", "the request failed"),
+    };
+    ApiError::new(status, code, message).into_response()
+}
+
+/// Browsers send `Origin` on cross-site requests: only the page's own origin (or one allowed)
+/// may use the API, so another site cannot make a visitor's browser spend this server. A loopback
+/// server also insists on a loopback `Host` (DNS rebinding).
+async fn same_origin(State(s): State<Shared>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if s.cfg.addr.ip().is_loopback() {
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        if !matches!(name, "localhost" | "127.0.0.1" | "[::1]") && !host.is_empty() {
+            return ApiError::new(403, "forbidden_host", format!("`{host}` is not this loopback server"))
+                .into_response();
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let own = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host);
+        if !own && !s.cfg.allow_origins.iter().any(|o| o == origin) {
+            return ApiError::new(
+                403,
+                "forbidden_origin",
+                format!("requests from `{origin}` are not allowed (--allow-origin)"),
+            )
+            .into_response();
+        }
     }
     next.run(req).await
 }
@@ -342,7 +392,7 @@ async fn rate_limit(
                 // Forget clients idle long enough to have refilled.
                 b.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() * rate < burst);
             }
-            let (tokens, last) = b.entry(peer.ip()).or_insert((burst, now));
+            let (tokens, last) = b.entry(client_key(peer.ip())).or_insert((burst, now));
             *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
             *last = now;
             if *tokens >= 1.0 {
@@ -364,6 +414,22 @@ async fn rate_limit(
         }
     }
     next.run(req).await
+}
+
+/// The rate limit's client: an IPv4 address, or an IPv6 /64 (one host's usual allocation, which it
+/// could otherwise rotate through).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut seg = v6.segments();
+                seg[4..].iter_mut().for_each(|s| *s = 0);
+                IpAddr::V6(std::net::Ipv6Addr::from(seg))
+            }
+        },
+        v4 => v4,
+    }
 }
 
 async fn page() -> Html<&'static str> {
@@ -396,9 +462,9 @@ async fn upload(query: Option<String>, req: Request, state: &Shared) -> Result<U
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let too_large = |e: &dyn std::fmt::Display| {
-        let m = e.to_string();
-        if m.contains("length limit") || m.contains("too large") {
+    let too_large = |e: &axum::extract::multipart::MultipartError| {
+        let m = e.body_text();
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(413, "too_large", format!("the upload exceeds {} bytes", state.cfg.max_body_bytes))
         } else {
             ApiError::new(400, "bad_request", format!("cannot read the body: {m}"))
@@ -422,7 +488,9 @@ async fn upload(query: Option<String>, req: Request, state: &Shared) -> Result<U
         }
         image.ok_or_else(|| ApiError::new(400, "bad_request", "no `image` field in the form"))?
     } else if ctype.starts_with("image/") || ctype == "application/octet-stream" {
-        axum::body::to_bytes(req.into_body(), state.cfg.max_body_bytes).await.map_err(|e| too_large(&e))?
+        axum::body::to_bytes(req.into_body(), state.cfg.max_body_bytes).await.map_err(|_| {
+            ApiError::new(413, "too_large", format!("the upload exceeds {} bytes", state.cfg.max_body_bytes))
+        })?
     } else {
         return Err(ApiError::new(
             415,
@@ -439,7 +507,9 @@ async fn upload(query: Option<String>, req: Request, state: &Shared) -> Result<U
 }
 
 /// Decode an upload, its size checked from the header first (a 100 000² PNG is a few KB).
-async fn decode(bytes: Bytes, max_pixels: u64) -> Result<image::RgbImage, ApiError> {
+async fn decode(s: &Shared, bytes: Bytes) -> Result<image::RgbImage, ApiError> {
+    let max_pixels = s.cfg.max_pixels;
+    let _permit = s.decoding.acquire().await.map_err(|_| ApiError::shutting_down())?;
     tokio::task::spawn_blocking(move || {
         let reader = image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
             .with_guessed_format()
@@ -465,7 +535,8 @@ async fn decode(bytes: Bytes, max_pixels: u64) -> Result<image::RgbImage, ApiErr
 }
 
 async fn run(s: &Shared, work: Work) -> Result<Done, ApiError> {
-    let deadline = Instant::now() + s.cfg.request_timeout;
+    // Before the request timeout (408) fires, so a job stuck in the queue is answered 504.
+    let deadline = Instant::now() + s.cfg.request_timeout.mul_f64(0.9);
     let rx = s.engine.submit(work, deadline)?;
     // Dropping `rx` (the client went away, the timeout fired) tells the worker to skip the job.
     rx.await.map_err(|_| ApiError::internal("the inference worker stopped"))?
@@ -473,7 +544,7 @@ async fn run(s: &Shared, work: Work) -> Result<Done, ApiError> {
 
 async fn detect(State(s): State<Shared>, RawQuery(q): RawQuery, req: Request) -> Result<Response, ApiError> {
     let up = upload(q, req, &s).await?;
-    let image = decode(up.image, s.cfg.max_pixels).await?;
+    let image = decode(&s, up.image).await?;
     let (w, h) = image.dimensions();
     match run(&s, Work::Detect { image }).await? {
         Done::Detected(faces) => {
@@ -553,7 +624,7 @@ async fn translate(
 ) -> Result<Response, ApiError> {
     let up = upload(q, req, &s).await?;
     let (target, which, align, format) = translate_params(&up.params)?;
-    let image = decode(up.image, s.cfg.max_pixels).await?;
+    let image = decode(&s, up.image).await?;
     let Done::Translated { image, faces } = run(&s, Work::Translate { image, target, which, align }).await?
     else {
         return Err(ApiError::internal("translate answered with a detection"));
