@@ -464,6 +464,23 @@ fn malformed_traffic_gets_4xx_and_the_server_stays_up() {
     assert_eq!(s.form("/v1/translate", &astronaut, &[("set", "Male=1")], &[]).status, 200);
 }
 
+/// A client that never finishes its headers (slowloris) is dropped after `--header-timeout`,
+/// and the server goes on answering others meanwhile.
+#[test]
+fn a_client_that_never_finishes_its_headers_is_dropped() {
+    let s = Server::start(&["--header-timeout", "1", "--rate", "0"]);
+    let mut slow = TcpStream::connect(&s.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    slow.write_all(b"GET /v1/model HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").unwrap();
+    assert_eq!(s.get("/healthz").status, 200);
+    let mut out = Vec::new();
+    // Read until the server closes: an EOF (perhaps after a 408), not our 20 s read timeout.
+    let closed = slow.read_to_end(&mut out);
+    assert!(closed.is_ok(), "the server kept the half-sent request open: {closed:?}");
+    let status = Reply::parse(&out).status;
+    assert!(status == 0 || status == 408, "{status}");
+}
+
 /// SIGTERM while a request is in flight: it is answered, then the server exits cleanly.
 #[test]
 fn sigterm_finishes_what_is_in_flight() {

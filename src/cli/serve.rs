@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// Time a request may take, in seconds.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
+    /// Time a client has to send a request's headers, in seconds (slower ones are dropped).
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
     /// Requests per second per client address (bursts of twice that; 0: no limit).
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
@@ -107,6 +110,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         max_body_bytes: args.max_upload_mb.saturating_mul(1 << 20),
         max_pixels: (positive(args.max_megapixels, "max-megapixels")? * 1e6) as u64,
         request_timeout: Duration::from_secs_f64(positive(args.timeout, "timeout")?.min(3600.0)),
+        header_timeout: Duration::from_secs_f64(positive(args.header_timeout, "header-timeout")?.min(3600.0)),
         rate_per_client: if args.rate == 0.0 { 0.0 } else { positive(args.rate, "rate")? },
         engine: EngineConfig {
             max_batch: args.max_batch,

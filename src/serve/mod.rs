@@ -43,6 +43,8 @@ pub struct ServeConfig {
     pub max_pixels: u64,
     /// Time a request may take in all.
     pub request_timeout: Duration,
+    /// Time a client has to send a request's headers (slow clients are dropped).
+    pub header_timeout: Duration,
     /// Requests per second per client address (bursts of twice that).
     pub rate_per_client: f64,
     pub engine: EngineConfig,
@@ -210,10 +212,37 @@ pub fn serve_until(
         let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
         ready(addr);
         let app = router(serving);
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stop)
-            .await
-            .map_err(|e| Error::Internal(format!("server: {e}")))
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors, say: wait rather than spin.
+                            tracing::warn!("cannot accept a connection: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let svc = hyper_util::service::TowerToHyperService::new(
+                        app.clone().layer(axum::Extension(ConnectInfo(peer))),
+                    );
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(cfg.header_timeout);
+                    let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc));
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                _ = &mut stop => break,
+            }
+        }
+        drop(listener);
+        // Requests in flight are answered (each within its own timeout), then we stop.
+        let _ = tokio::time::timeout(cfg.request_timeout + Duration::from_secs(5), graceful.shutdown()).await;
+        Ok::<(), Error>(())
     })?;
     // In-flight requests are answered; now let the worker finish and stop.
     if let Ok(mut s) = Arc::try_unwrap(state).map_err(|_| ()) {

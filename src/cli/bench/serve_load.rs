@@ -80,6 +80,7 @@ pub fn run(
         max_body_bytes: 20 << 20,
         max_pixels: 40_000_000,
         request_timeout: Duration::from_secs(120),
+        header_timeout: Duration::from_secs(10),
         rate_per_client: 0.0,
         engine: EngineConfig {
             max_batch,
