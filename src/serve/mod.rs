@@ -226,9 +226,14 @@ pub fn serve_until(
                             continue;
                         }
                     };
-                    let svc = hyper_util::service::TowerToHyperService::new(
-                        app.clone().layer(axum::Extension(ConnectInfo(peer))),
-                    );
+                    // The client's address, for the rate limit (what axum's connect-info service does).
+                    let svc = hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+                        app.clone(),
+                        move |mut r: axum::http::Request<hyper::body::Incoming>| {
+                            r.extensions_mut().insert(ConnectInfo(peer));
+                            r
+                        },
+                    ));
                     let mut http = hyper::server::conn::http1::Builder::new();
                     http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(cfg.header_timeout);
                     let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc));
