@@ -287,7 +287,10 @@ impl Worker {
         };
         let framed = face::looks_aligned(image.width(), image.height(), size)
             || !face::wants_celeba_frame(&self.model);
-        if align == AlignMode::Off || (align == AlignMode::Auto && framed) {
+        // Without a detector (no weights found at start), `auto` translates photos whole, as
+        // `serve` warned; `on` is refused (501).
+        let undetectable = self.detector.is_none() && align == AlignMode::Auto;
+        if align == AlignMode::Off || (align == AlignMode::Auto && framed) || undetectable {
             return whole(image);
         }
         let found = self.faces(image)?;
