@@ -44,7 +44,7 @@ fn main() -> stargan::error::Result<()> {
     let faces = face::find_faces(&detector, &photo, &DetectOptions::default(), face::Which::All)?;
     let f = &faces[0];
     let size = 128;
-    let net_to_photo = f.to_photo.after(&face::align::network_to_frame(178, size));
+    let net_to_photo = f.network_to_photo(size);
 
     // 1: the detection.
     let mut detected = photo.clone();
@@ -72,8 +72,7 @@ fn main() -> stargan::error::Result<()> {
 
     // 3: pasted back: the network input, warmed, blended in through the feathered square.
     let x = stargan::image_io::to_network_input(f.image.clone(), size)?;
-    let (rgb, w, h) = stargan::image_io::to_rgb8(&x.get(0))?;
-    let mut patch = RgbImage::from_raw(w, h, rgb).expect("w*h*3");
+    let mut patch = stargan::image_io::to_rgb_image(&x.get(0))?;
     for p in patch.pixels_mut() {
         p.0 = [p[0].saturating_add(60), p[1].saturating_add(35), p[2] / 2];
     }

@@ -67,6 +67,13 @@ pub fn to_rgb8(x: &Tensor) -> Result<(Vec<u8>, u32, u32)> {
     Ok((from_chw_normalized(&chw), w as u32, h as u32))
 }
 
+/// `[3,H,W]` in [-1, 1] → an RGB image, quantised as [`to_rgb8`].
+pub fn to_rgb_image(x: &Tensor) -> Result<RgbImage> {
+    let (rgb, w, h) = to_rgb8(x)?;
+    RgbImage::from_raw(w, h, rgb)
+        .ok_or_else(|| Error::Internal(format!("a {w}×{h} image of the wrong length")))
+}
+
 /// Rows of images side by side: `columns[j]` is `[N,3,H,W]`; row i of the grid shows image i of every
 /// column left to right (the reference's `torch.cat(x_fake_list, dim=3)` saved with nrow=1, padding=0).
 pub fn grid(columns: &[Tensor]) -> Tensor {

@@ -168,6 +168,12 @@ impl Model {
         self.image_size.unwrap_or(128) as u32
     }
 
+    /// An image as G's input: centre-cropped and resized to `input_size()`², normalised, `[1,3,S,S]`
+    /// on G's device.
+    pub fn input_of(&self, img: &image::RgbImage) -> Result<Tensor> {
+        Ok(crate::image_io::to_network_input(img.clone(), self.input_size())?.to_device(self.g.device()))
+    }
+
     /// Where label `name` sits: (data set, index within it).
     fn find_label(&self, name: &str) -> Result<(usize, usize)> {
         let found = self

@@ -321,11 +321,8 @@ fn paste_back_leaves_every_pixel_outside_the_mask_unchanged() {
     assert_eq!(done.composite.dimensions(), both.dimensions());
     assert_eq!(done.faces.len(), 2);
     let size = model.input_size();
-    let squares: Vec<Similarity> = done
-        .faces
-        .iter()
-        .map(|f| f.aligned.to_photo.after(&face::align::network_to_frame(178, size)).inverse())
-        .collect();
+    let squares: Vec<Similarity> =
+        done.faces.iter().map(|f| f.aligned.network_to_photo(size).inverse()).collect();
     let (mut changed, mut outside_same) = (0usize, 0usize);
     for (x, y, p) in done.composite.enumerate_pixels() {
         let inside = squares.iter().any(|t| {

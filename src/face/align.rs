@@ -100,6 +100,13 @@ pub struct AlignedFace {
 }
 
 impl AlignedFace {
+    /// Network pixels (the model's `size`² input, cut from this crop by the test transform's
+    /// centre crop and resize) → photo coordinates: where a translated face is pasted.
+    pub fn network_to_photo(&self, size: u32) -> Similarity {
+        let (fw, fh) = CELEBA_FRAME;
+        self.to_photo.after(&network_to_frame(fw.min(fh), size))
+    }
+
     /// The face's landmarks in the frame (CelebA's `list_landmarks_align_celeba` columns).
     pub fn frame_landmarks(&self) -> [[f64; 2]; 5] {
         let to_frame = self.to_photo.inverse();

@@ -142,19 +142,13 @@ pub fn translate_photo(
     precision: Precision,
 ) -> Result<TranslatedPhoto> {
     let size = model.input_size();
-    let device = model.g.device();
     let mut composite = photo.clone();
     let mut out = Vec::with_capacity(faces.len());
-    let (fw, fh) = CELEBA_FRAME;
-    let crop = fw.min(fh);
     for aligned in faces {
-        let x = crate::image_io::to_network_input(aligned.image.clone(), size)?.to_device(device);
+        let x = model.input_of(&aligned.image)?;
         let y = model.translate_image(&x, target, stats, precision)?;
-        let (rgb, w, h) = crate::image_io::to_rgb8(&y)?;
-        let output =
-            RgbImage::from_raw(w, h, rgb).ok_or_else(|| Error::Internal("G's output size".into()))?;
-        let patch_to_photo = aligned.to_photo.after(&align::network_to_frame(crop, size));
-        paste(&mut composite, &output, &patch_to_photo);
+        let output = crate::image_io::to_rgb_image(&y)?;
+        paste(&mut composite, &output, &aligned.network_to_photo(size));
         out.push(TranslatedFace { aligned, output });
     }
     Ok(TranslatedPhoto { composite, faces: out })

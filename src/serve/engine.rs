@@ -228,8 +228,11 @@ impl Worker {
                 let mut composite = image.clone();
                 for (u, out) in &mine {
                     let f = u.face.as_ref().expect("face units carry their face");
-                    let to_photo = f.to_photo.after(&face::align::network_to_frame(178, size));
-                    face::paste(&mut composite, out.as_ref().map_err(Clone::clone)?, &to_photo);
+                    face::paste(
+                        &mut composite,
+                        out.as_ref().map_err(Clone::clone)?,
+                        &f.network_to_photo(size),
+                    );
                 }
                 Ok(Done::Translated { image: composite, faces: mine.len() })
             })();
@@ -250,12 +253,11 @@ impl Worker {
 
     fn detect(&self, image: &RgbImage) -> Result<Vec<FaceInfo>, ApiError> {
         let faces = self.faces(image)?;
-        let size = self.model.input_size();
         let mut out = Vec::new();
         for f in faces {
             let mut labels = std::collections::BTreeMap::new();
             if let Some(a) = face::align(image, &f) {
-                let x = crate::image_io::to_network_input(a.image, size)?.to_device(self.device());
+                let x = self.model.input_of(&a.image)?;
                 for (k, domain) in self.model.layout.domains.iter().enumerate() {
                     if let Some(p) = self.model.predict_labels(k, &x) {
                         let p = Vec::<f32>::try_from(p.to_device(Device::Cpu).view([-1]))
@@ -282,7 +284,7 @@ impl Worker {
         // A target the model cannot take fails here, before any network runs.
         let _ = self.model.condition_given(target, self.device(), &|_| None).map_err(ApiError::target)?;
         let whole = |img: &RgbImage| -> Result<Vec<Unit>, ApiError> {
-            let x = crate::image_io::to_network_input(img.clone(), size)?.to_device(self.device());
+            let x = self.model.input_of(img)?;
             Ok(vec![Unit { job, x, face: None }])
         };
         let framed = face::looks_aligned(image.width(), image.height(), size)
@@ -301,7 +303,7 @@ impl Worker {
         aligned
             .into_iter()
             .map(|a| {
-                let x = crate::image_io::to_network_input(a.image.clone(), size)?.to_device(self.device());
+                let x = self.model.input_of(&a.image)?;
                 Ok(Unit { job, x, face: Some(a) })
             })
             .collect()
@@ -338,11 +340,7 @@ impl Worker {
             let y =
                 self.model.translate(&x, &Tensor::cat(&cs, 0), NormStats::PerImageFrozen, self.cfg.precision);
             for i in 0..chunk.len() {
-                out.push(crate::image_io::to_rgb8(&y.get(i as i64)).map_err(ApiError::from).and_then(
-                    |(rgb, w, h)| {
-                        RgbImage::from_raw(w, h, rgb).ok_or_else(|| ApiError::internal("G's output size"))
-                    },
-                ));
+                out.push(crate::image_io::to_rgb_image(&y.get(i as i64)).map_err(ApiError::from));
             }
         }
         out
