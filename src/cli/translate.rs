@@ -46,7 +46,7 @@ pub struct TranslateArgs {
     /// translates an image without a face whole (with a warning); `on` always aligns and refuses an
     /// image without a face; `off` translates the whole image, centre-cropped.
     #[arg(long, value_enum, default_value = "auto")]
-    pub align: AlignChoice,
+    pub align: face::Align,
     /// Also write each face's aligned crop and its translation beside the output.
     #[arg(long)]
     pub save_crops: bool,
@@ -85,13 +85,6 @@ impl FaceArgs {
         self.which()?;
         face::Detector::find(self.face_model.as_deref(), device)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AlignChoice {
-    Auto,
-    On,
-    Off,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -186,16 +179,7 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
     // before any output is written.
     let photo: Vec<bool> = inputs
         .iter()
-        .map(|p| {
-            Ok(match args.align {
-                AlignChoice::Off => false,
-                AlignChoice::On => true,
-                AlignChoice::Auto => {
-                    let (w, h) = crate::data::transform::image_dimensions(p)?;
-                    !face::looks_aligned(w, h, size) && face::wants_celeba_frame(&model)
-                }
-            })
-        })
+        .map(|p| args.align.detects(&model, || Ok(crate::data::transform::image_dimensions(p)?)))
         .collect::<Result<_>>()?;
     let detector = match photo.iter().any(|&p| p) {
         true => Some(args.faces.detector(device)?),
@@ -245,7 +229,7 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
             Err(e) => return Err(e),
         };
         let found = detector.detect(&img, &opts)?;
-        if found.is_empty() && args.align == AlignChoice::Auto {
+        if found.is_empty() && args.align.whole_without_faces() {
             // Not a photo of a face, as far as the detector can tell: translate it whole.
             tracing::warn!(
                 "{}: no face found; translating the whole image (--align on refuses instead)",

@@ -3,6 +3,7 @@
 //! their serde form uses in `--config` files.
 
 use crate::config::{DatasetKind, DeviceChoice, LrDecay, Precision, StepMode, SyntheticLabels};
+use crate::face::Align;
 use clap::builder::PossibleValue;
 
 macro_rules! value_enum {
@@ -43,6 +44,12 @@ value_enum!(DeviceChoice {
     Auto => "auto": "CUDA when libtorch has it and a GPU is present, else the CPU",
     Cpu => "cpu": "The CPU",
     Cuda => "cuda": "The first CUDA device",
+});
+
+value_enum!(Align {
+    Auto => "auto": "Find and align faces unless the input is already framed (or the model is RaFD's); a faceless image is translated whole",
+    On => "on": "Always find and align faces; an image without one is an error",
+    Off => "off": "Translate the whole image, centre-cropped",
 });
 
 value_enum!(StepMode {

@@ -53,6 +53,50 @@ pub fn looks_aligned(width: u32, height: u32, network_size: u32) -> bool {
     (width, height) == (network_size, network_size) || (width, height) == CELEBA_FRAME
 }
 
+/// Whether to find and align faces before translating (`translate --align`, the API's `align`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    /// Align unless the image is already framed or the model was not trained in CelebA's frame;
+    /// an image in which no face is found is translated whole.
+    Auto,
+    /// Always align; no face is an error.
+    On,
+    /// Translate the whole image.
+    Off,
+}
+
+impl Align {
+    /// Whether an image goes to the detector (else it is translated whole). `dimensions` is asked
+    /// only when the answer depends on them.
+    pub fn detects(self, model: &Model, dimensions: impl FnOnce() -> Result<(u32, u32)>) -> Result<bool> {
+        Ok(match self {
+            Align::Off => false,
+            Align::On => true,
+            Align::Auto => {
+                let (w, h) = dimensions()?;
+                !looks_aligned(w, h, model.input_size()) && wants_celeba_frame(model)
+            }
+        })
+    }
+
+    /// Whether an image in which no face was found is translated whole rather than refused.
+    pub fn whole_without_faces(self) -> bool {
+        self == Align::Auto
+    }
+}
+
+impl std::str::FromStr for Align {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Align::Auto),
+            "on" => Ok(Align::On),
+            "off" => Ok(Align::Off),
+            _ => Err(Error::Input(format!("`{s}` is not auto, on or off"))),
+        }
+    }
+}
+
 /// Detection failed to find what was asked for.
 fn no_face(opts: &DetectOptions) -> Error {
     Error::Input(format!(

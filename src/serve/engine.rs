@@ -5,7 +5,7 @@
 
 use super::metrics::Metrics;
 use super::ApiError;
-use crate::face::{self, AlignedFace, DetectOptions, Detector, Face, Which};
+use crate::face::{self, Align, AlignedFace, DetectOptions, Detector, Face, Which};
 use crate::inference::{Model, Target};
 use crate::model::NormStats;
 use crate::precision::Precision;
@@ -30,21 +30,9 @@ pub struct EngineConfig {
     pub detect: DetectOptions,
 }
 
-/// Whether to find and align faces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlignMode {
-    /// Align unless the image is already framed, or the model is not a CelebA-frame model;
-    /// an image without a face is translated whole.
-    Auto,
-    /// Always align; no face is an error.
-    On,
-    /// Translate the whole image.
-    Off,
-}
-
 pub enum Work {
     Detect { image: RgbImage },
-    Translate { image: RgbImage, target: Target, which: Which, align: AlignMode },
+    Translate { image: RgbImage, target: Target, which: Which, align: Align },
 }
 
 /// One face as `/v1/detect` reports it, with D's reading of its labels.
@@ -278,25 +266,22 @@ impl Worker {
         image: &RgbImage,
         target: &Target,
         which: Which,
-        align: AlignMode,
+        align: Align,
     ) -> Result<Vec<Unit>, ApiError> {
-        let size = self.model.input_size();
         // A target the model cannot take fails here, before any network runs.
         let _ = self.model.condition_given(target, self.device(), &|_| None).map_err(ApiError::target)?;
         let whole = |img: &RgbImage| -> Result<Vec<Unit>, ApiError> {
             let x = self.model.input_of(img)?;
             Ok(vec![Unit { job, x, face: None }])
         };
-        let framed = face::looks_aligned(image.width(), image.height(), size)
-            || !face::wants_celeba_frame(&self.model);
         // Without a detector (no weights found at start), `auto` translates photos whole, as
         // `serve` warned; `on` is refused (501).
-        let undetectable = self.detector.is_none() && align == AlignMode::Auto;
-        if align == AlignMode::Off || (align == AlignMode::Auto && framed) || undetectable {
+        let undetectable = self.detector.is_none() && align.whole_without_faces();
+        if undetectable || !align.detects(&self.model, || Ok(image.dimensions()))? {
             return whole(image);
         }
         let found = self.faces(image)?;
-        if found.is_empty() && align == AlignMode::Auto {
+        if found.is_empty() && align.whole_without_faces() {
             return whole(image);
         }
         let aligned = face::choose(image, found, &self.cfg.detect, which).map_err(ApiError::faces)?;

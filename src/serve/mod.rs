@@ -8,7 +8,7 @@ pub mod engine;
 pub mod metrics;
 
 use crate::error::{Error, ErrorKind};
-use crate::face::{Detector, Which};
+use crate::face::{Align, Detector, Which};
 use crate::image_io::ImageFormat;
 use crate::inference::{Edit, Model, Target};
 use crate::labels::{LabelKind, HAIR_COLOURS};
@@ -21,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use engine::{AlignMode, Done, Engine, EngineConfig, Work};
+use engine::{Done, Engine, EngineConfig, Work};
 use metrics::Metrics;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -589,13 +589,11 @@ async fn detect(State(s): State<Shared>, RawQuery(q): RawQuery, req: Request) ->
 }
 
 /// `set=NAME=VALUE` (repeatable) or `target=0,1,…`, `face=N`, `align=auto|on|off`, `format=png|jpeg`.
-fn translate_params(
-    params: &[(String, String)],
-) -> Result<(Target, Which, AlignMode, ImageFormat), ApiError> {
+fn translate_params(params: &[(String, String)]) -> Result<(Target, Which, Align, ImageFormat), ApiError> {
     let bad = |m: String| ApiError::new(400, "bad_target", m);
     let mut edits = Vec::new();
     let mut vector = None;
-    let (mut which, mut align, mut format) = (Which::All, AlignMode::Auto, ImageFormat::Png);
+    let (mut which, mut align, mut format) = (Which::All, Align::Auto, ImageFormat::Png);
     for (k, v) in params {
         match k.as_str() {
             "set" => edits.push(v.parse::<Edit>().map_err(|e| bad(format!("set: {e}")))?),
@@ -613,18 +611,7 @@ fn translate_params(
                 }
             }
             "align" => {
-                align = match v.as_str() {
-                    "auto" => AlignMode::Auto,
-                    "on" => AlignMode::On,
-                    "off" => AlignMode::Off,
-                    _ => {
-                        return Err(ApiError::new(
-                            400,
-                            "bad_request",
-                            format!("align: `{v}` is not auto, on or off"),
-                        ))
-                    }
-                }
+                align = v.parse().map_err(|e| ApiError::new(400, "bad_request", format!("align: {e}")))?;
             }
             "format" => {
                 format = match v.as_str() {
