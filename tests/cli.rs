@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::stargan;
+use common::{rgb, stargan};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/translate").join(name)
@@ -14,10 +14,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch("cli", name)
-}
-
-fn rgb(path: &Path) -> image::RgbImage {
-    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
 }
 
 /// One line on stderr, starting with `error:`, exit status 1.

@@ -7,17 +7,16 @@
 
 mod common;
 
-use common::{scratch, stargan};
+use common::{photo_path, rgb, scratch, stargan};
 use image::RgbImage;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use stargan::face::{self, DetectOptions, Detector, Similarity, Which};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::Device;
 
 fn photo(name: &str) -> RgbImage {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/photos").join(name);
-    face::load_photo(&path)
+    face::load_photo(&photo_path(name))
         .unwrap_or_else(|e| panic!("{e} (scripts/setup.sh extracts the test photos into .cache/photos)"))
 }
 
@@ -338,14 +337,6 @@ fn paste_back_leaves_every_pixel_outside_the_mask_unchanged() {
     }
     assert!(changed > 1000, "only {changed} pixels changed");
     println!("paste-back: {changed} pixels changed, {outside_same} outside the masks all unchanged");
-}
-
-fn photo_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/photos").join(name)
-}
-
-fn rgb(path: &Path) -> RgbImage {
-    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
 }
 
 fn ok(res: &std::process::Output) -> String {

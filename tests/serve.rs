@@ -5,9 +5,11 @@
 
 mod common;
 
+use common::photo_path;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -188,10 +190,6 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
-fn photo(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/photos").join(name)
-}
-
 fn png(img: &image::RgbImage) -> Vec<u8> {
     stargan::image_io::encode_rgb8(
         img.as_raw(),
@@ -209,7 +207,7 @@ fn decode(bytes: &[u8]) -> image::RgbImage {
 #[test]
 fn every_route_and_every_error_code() {
     let s = Server::start(&["--max-megapixels", "0.5", "--max-upload-mb", "1", "--rate", "0"]);
-    let astronaut = std::fs::read(photo("astronaut.png")).unwrap();
+    let astronaut = std::fs::read(photo_path("astronaut.png")).unwrap();
 
     assert_eq!(s.get("/healthz").status, 200);
     let page = s.get("/");
@@ -367,7 +365,7 @@ fn access_tokens_and_rate_limits() {
 #[test]
 fn a_full_queue_answers_503_with_retry_after() {
     let s = Server::start(&["--queue", "1", "--max-batch", "1", "--rate", "0"]);
-    let astronaut = std::fs::read(photo("astronaut.png")).unwrap();
+    let astronaut = std::fs::read(photo_path("astronaut.png")).unwrap();
     let handles: Vec<_> = (0..12)
         .map(|_| {
             let (s, img) = (s.client.clone(), astronaut.clone());
@@ -389,7 +387,7 @@ fn a_full_queue_answers_503_with_retry_after() {
 fn malformed_traffic_gets_4xx_and_the_server_stays_up() {
     let s =
         Server::start(&["--max-upload-mb", "2", "--max-megapixels", "4", "--rate", "0", "--timeout", "5"]);
-    let astronaut = std::fs::read(photo("astronaut.png")).unwrap();
+    let astronaut = std::fs::read(photo_path("astronaut.png")).unwrap();
     let (good, ctype) = multipart(&astronaut, &[("set", "Male=1")]);
     let mut rng = 0x5eed_u64;
     let mut next = move || {
@@ -485,7 +483,7 @@ fn a_client_that_never_finishes_its_headers_is_dropped() {
 #[test]
 fn sigterm_finishes_what_is_in_flight() {
     let mut s = Server::start(&["--batch-wait-ms", "1500", "--rate", "0"]);
-    let astronaut = std::fs::read(photo("astronaut.png")).unwrap();
+    let astronaut = std::fs::read(photo_path("astronaut.png")).unwrap();
     let client = s.client.clone();
     let inflight =
         std::thread::spawn(move || client.form("/v1/translate", &astronaut, &[("set", "Male=1")], &[]));
@@ -504,7 +502,7 @@ fn sigterm_finishes_what_is_in_flight() {
 #[test]
 fn a_hundred_concurrent_clients_are_all_answered() {
     let s = Server::start(&["--rate", "0", "--queue", "128", "--timeout", "120"]);
-    let crop = std::fs::read(photo("astronaut.png")).unwrap();
+    let crop = std::fs::read(photo_path("astronaut.png")).unwrap();
     let handles: Vec<_> = (0..100)
         .map(|i| {
             let (s, img) = (s.client.clone(), crop.clone());
@@ -531,7 +529,7 @@ fn the_page_translates_a_photo_in_a_real_browser() {
     let out = Command::new("node")
         .arg(&script)
         .arg(format!("http://{}/", s.addr))
-        .arg(photo("astronaut.png"))
+        .arg(photo_path("astronaut.png"))
         .arg(&shot)
         .output()
         .expect("node (scripts/setup.sh installs playwright-core and chromium)");

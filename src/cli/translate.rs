@@ -208,12 +208,15 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
     };
     let mut written = Vec::new();
     let mut failed = Vec::new();
+    // The whole image, translated and written.
+    let translate_whole = |x: Tensor, out: &Path, format: ImageFormat| -> Result<()> {
+        let y =
+            model.translate_image(&x.to_device(device), &target, stats, args.precision).map_err(flagged)?;
+        crate::files::write(out, &image_io::encode(&y, format)?)
+    };
     for (i, ((out, format), input)) in outputs.into_iter().zip(&inputs).enumerate() {
         if let Some(x) = whole[i].take() {
-            let y = model
-                .translate_image(&x.to_device(device), &target, stats, args.precision)
-                .map_err(flagged)?;
-            crate::files::write(&out, &image_io::encode(&y, format)?)?;
+            translate_whole(x, &out, format)?;
             written.push(out);
             continue;
         }
@@ -235,9 +238,7 @@ pub fn translate(args: &TranslateArgs) -> Result<Vec<PathBuf>> {
                 "{}: no face found; translating the whole image (--align on refuses instead)",
                 input.display()
             );
-            let x = image_io::load_input(input, size)?.to_device(device);
-            let y = model.translate_image(&x, &target, stats, args.precision).map_err(flagged)?;
-            crate::files::write(&out, &image_io::encode(&y, format)?)?;
+            translate_whole(image_io::load_input(input, size)?, &out, format)?;
             written.push(out);
             continue;
         }

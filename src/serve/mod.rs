@@ -64,6 +64,9 @@ impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into(), retry_after: None }
     }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "bad_request", message)
+    }
     fn busy() -> Self {
         ApiError { retry_after: Some(1), ..Self::new(503, "busy", "the server is busy; retry in a moment") }
     }
@@ -486,8 +489,9 @@ struct Upload {
 
 async fn upload(query: Option<String>, req: Request, state: &Shared) -> Result<Upload, ApiError> {
     let mut params: Vec<(String, String)> = match query {
-        Some(q) => serde_urlencoded::from_str(&q)
-            .map_err(|e| ApiError::new(400, "bad_request", format!("query: {e}")))?,
+        Some(q) => {
+            serde_urlencoded::from_str(&q).map_err(|e| ApiError::bad_request(format!("query: {e}")))?
+        }
         None => Vec::new(),
     };
     let ctype = req
@@ -496,35 +500,34 @@ async fn upload(query: Option<String>, req: Request, state: &Shared) -> Result<U
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let too_large = |e: &axum::extract::multipart::MultipartError| {
+    let over =
+        || ApiError::new(413, "too_large", format!("the upload exceeds {} bytes", state.cfg.max_body_bytes));
+    let read_error = |e: &axum::extract::multipart::MultipartError| {
         let m = e.body_text();
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(413, "too_large", format!("the upload exceeds {} bytes", state.cfg.max_body_bytes))
+            over()
         } else {
-            ApiError::new(400, "bad_request", format!("cannot read the body: {m}"))
+            ApiError::bad_request(format!("cannot read the body: {m}"))
         }
     };
     let image = if ctype.starts_with("multipart/form-data") {
-        let mut mp = Multipart::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
+        let mut mp =
+            Multipart::from_request(req, state).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
         let mut image = None;
-        while let Some(field) = mp.next_field().await.map_err(|e| too_large(&e))? {
+        while let Some(field) = mp.next_field().await.map_err(|e| read_error(&e))? {
             let name = field.name().unwrap_or("").to_string();
-            let data = field.bytes().await.map_err(|e| too_large(&e))?;
+            let data = field.bytes().await.map_err(|e| read_error(&e))?;
             if name == "image" {
                 image = Some(data);
             } else {
                 let v = String::from_utf8(data.to_vec())
-                    .map_err(|_| ApiError::new(400, "bad_request", format!("field `{name}` is not text")))?;
+                    .map_err(|_| ApiError::bad_request(format!("field `{name}` is not text")))?;
                 params.push((name, v));
             }
         }
-        image.ok_or_else(|| ApiError::new(400, "bad_request", "no `image` field in the form"))?
+        image.ok_or_else(|| ApiError::bad_request("no `image` field in the form"))?
     } else if ctype.starts_with("image/") || ctype == "application/octet-stream" {
-        axum::body::to_bytes(req.into_body(), state.cfg.max_body_bytes).await.map_err(|_| {
-            ApiError::new(413, "too_large", format!("the upload exceeds {} bytes", state.cfg.max_body_bytes))
-        })?
+        axum::body::to_bytes(req.into_body(), state.cfg.max_body_bytes).await.map_err(|_| over())?
     } else {
         return Err(ApiError::new(
             415,
@@ -602,31 +605,23 @@ fn translate_params(params: &[(String, String)]) -> Result<(Target, Which, Align
                 which = match v.parse::<usize>() {
                     Ok(n) if n >= 1 => Which::Nth(n),
                     _ => {
-                        return Err(ApiError::new(
-                            400,
-                            "bad_request",
-                            format!("face: `{v}` is not a face number (from 1)"),
-                        ))
+                        return Err(ApiError::bad_request(format!(
+                            "face: `{v}` is not a face number (from 1)"
+                        )))
                     }
                 }
             }
             "align" => {
-                align = v.parse().map_err(|e| ApiError::new(400, "bad_request", format!("align: {e}")))?;
+                align = v.parse().map_err(|e| ApiError::bad_request(format!("align: {e}")))?;
             }
             "format" => {
                 format = match v.as_str() {
                     "png" => ImageFormat::Png,
                     "jpeg" | "jpg" => ImageFormat::Jpeg,
-                    _ => {
-                        return Err(ApiError::new(
-                            400,
-                            "bad_request",
-                            format!("format: `{v}` is not png or jpeg"),
-                        ))
-                    }
+                    _ => return Err(ApiError::bad_request(format!("format: `{v}` is not png or jpeg"))),
                 }
             }
-            other => return Err(ApiError::new(400, "bad_request", format!("unknown parameter `{other}`"))),
+            other => return Err(ApiError::bad_request(format!("unknown parameter `{other}`"))),
         }
     }
     let target = match (vector, edits.is_empty()) {

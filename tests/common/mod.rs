@@ -190,3 +190,13 @@ pub fn with(flags: &[String], extra: &[&str]) -> Vec<String> {
     }
     v
 }
+
+/// A test photo that scripts/setup.sh extracts from scikit-image's wheel into `.cache/photos`.
+pub fn photo_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/photos").join(name)
+}
+
+/// An image file as RGB, or a panic naming it.
+pub fn rgb(path: &Path) -> image::RgbImage {
+    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
+}

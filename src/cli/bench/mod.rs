@@ -223,6 +223,13 @@ fn ours(what: &str, args: &BenchArgs, device: Device, images: &[PathBuf]) -> Res
     })
 }
 
+/// One of the photos scripts/setup.sh extracts from scikit-image's wheel into `.cache/photos`.
+fn test_photo(name: &str) -> Result<image::RgbImage> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/photos").join(name);
+    crate::face::load_photo(&path)
+        .map_err(|e| Error::Input(format!("{e} (scripts/setup.sh extracts the test photos)")))
+}
+
 /// Where the faces benchmark's photo is written (both sides read it).
 fn photo_dir() -> PathBuf {
     std::env::temp_dir().join("stargan-bench-photo")
@@ -231,12 +238,7 @@ fn photo_dir() -> PathBuf {
 /// A 1024×768 photo with two faces at different sizes: the astronaut enlarged to 768² on the left,
 /// the cameraman at 256² on the right, from the photos scripts/setup.sh extracts.
 fn bench_photo() -> Result<image::RgbImage> {
-    let photos = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/photos");
-    let read = |n: &str| {
-        crate::face::load_photo(&photos.join(n))
-            .map_err(|e| Error::Input(format!("{e} (scripts/setup.sh extracts the test photos)")))
-    };
-    let (a, c) = (read("astronaut.png")?, read("camera.png")?);
+    let (a, c) = (test_photo("astronaut.png")?, test_photo("camera.png")?);
     let mut photo = image::RgbImage::from_pixel(1024, 768, image::Rgb([96, 96, 96]));
     image::imageops::replace(&mut photo, &crate::data::transform::resize(&a, 768, 768)?, 0, 0);
     image::imageops::replace(&mut photo, &crate::data::transform::resize(&c, 256, 256)?, 768, 256);

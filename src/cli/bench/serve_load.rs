@@ -173,9 +173,7 @@ pub fn run(
 /// The report's rows: dynamic batching against batch size 1 at 32 clients on aligned crops, and
 /// 100 clients uploading the whole photo (detection and paste-back included).
 pub fn report(per_client: usize) -> Result<String> {
-    let photos = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/photos");
-    let photo = crate::face::load_photo(&photos.join("astronaut.png"))
-        .map_err(|e| Error::Input(format!("{e} (scripts/setup.sh extracts the test photos)")))?;
+    let photo = super::test_photo("astronaut.png")?;
     let png = |img: &image::RgbImage| {
         crate::image_io::encode_rgb8(
             img.as_raw(),
