@@ -7,6 +7,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    println!("cargo:rerun-if-changed=csrc/c10d.cpp");
     // Where scripts/setup.sh puts the face detector's weights: the binary looks there by default.
     let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     println!("cargo:rustc-env=STARGAN_FACE_MODELS_DEFAULT={manifest}/face-models");
@@ -23,14 +24,44 @@ fn main() {
     // torch-sys reports `<libtorch>/lib` (or `site-packages/torch/lib`); the headers sit beside it.
     let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
-        .cpp(true)
-        .file("csrc/autocast.cpp")
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .flag("-std=c++17")
-        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        .warnings(false)
-        .compile("stargan_autocast");
+    let build = || {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .include(&include)
+            .include(include.join("torch/csrc/api/include"))
+            .flag("-std=c++17")
+            .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+            .flag("-DGLOG_USE_GLOG_EXPORT")
+            .warnings(false);
+        b
+    };
+    build().file("csrc/autocast.cpp").compile("stargan_autocast");
+    // c10d (csrc/c10d.cpp): ProcessGroupGloo's header is empty without USE_C10D_GLOO and includes
+    // <gloo/...> headers the torch wheel does not ship; Debian's libgloo-dev provides them (headers
+    // only: Gloo's code is inside libtorch_cpu.so). NCCL only with a CUDA libtorch and nccl.h.
+    let mut c10d = build();
+    c10d.file("csrc/c10d.cpp").define("USE_C10D_GLOO", None);
+    let gloo = [
+        std::env::var("STARGAN_GLOO_INCLUDE").ok(),
+        Some(format!("{manifest}/.cache/gloo/usr/include")),
+        Some("/usr/include".into()),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|d| std::path::Path::new(d).join("gloo/algorithm.h").exists())
+    .unwrap_or_else(|| panic!("Gloo's headers are missing: run scripts/setup.sh (it unpacks Debian's libgloo-dev into .cache/gloo)"));
+    c10d.include(gloo);
+    println!("cargo:rerun-if-env-changed=STARGAN_GLOO_INCLUDE");
+    println!("cargo:rerun-if-env-changed=STARGAN_NCCL_INCLUDE");
+    if lib.join("libtorch_cuda.so").exists() {
+        if let Ok(dirs) = std::env::var("STARGAN_NCCL_INCLUDE") {
+            for dir in std::env::split_paths(&dirs) {
+                c10d.include(dir);
+            }
+            c10d.define("USE_C10D_NCCL", None).define("USE_CUDA", None).define("STARGAN_NCCL", None);
+            println!("cargo:rustc-cfg=stargan_nccl");
+        }
+    }
+    println!("cargo:rustc-check-cfg=cfg(stargan_nccl)");
+    c10d.compile("stargan_c10d");
 }

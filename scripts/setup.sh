@@ -75,6 +75,21 @@ if [ ! -f "$photos/astronaut.png" ] || [ ! -f "$photos/camera.png" ]; then
   mkdir -p "$photos" && mv "$ptmp"/skimage/data/*.png "$photos"/ && rm -rf "$ptmp"
 fi
 
+# Gloo's headers for csrc/c10d.cpp (data-parallel training): Debian's libgloo-dev, unpacked into
+# .cache/gloo rather than installed. Headers only: Gloo's code is inside libtorch_cpu.so, and no
+# separate libgloo may be linked (../shared/notes/distributed-c10d.md).
+gloo=.cache/gloo
+rm -rf "$gloo".tmp.*   # left by an interrupted run
+if [ ! -f "$gloo/usr/include/gloo/algorithm.h" ]; then
+  gtmp=$(mktemp -d "${gloo}.tmp.XXXXXX")
+  if ! (cd "$gtmp" && apt-get download -qq libgloo-dev 2>/dev/null); then
+    apt-get update -qq && (cd "$gtmp" && apt-get download -qq libgloo-dev)
+  fi
+  dpkg -x "$gtmp"/libgloo-dev_*.deb "$gtmp/root"
+  rm -rf "$gloo" && mv "$gtmp/root" "$gloo" && rm -rf "$gtmp"
+  echo "setup: Gloo headers ready in $gloo/usr/include" >&2
+fi
+
 # The server's browser test drives Debian's chromium with playwright-core (npm, pinned in
 # tests/browser/package-lock.json).
 if ! command -v chromium >/dev/null 2>&1; then

@@ -193,6 +193,11 @@ pub struct TrainConfig {
     pub device: DeviceChoice,
     /// Intra-op threads for libtorch (0: one per core).
     pub threads: usize,
+    /// Data-parallel runs: the c10d backend (auto: NCCL on CUDA, Gloo on the CPU).
+    pub dist_backend: crate::dist::BackendChoice,
+    /// Data-parallel runs: seconds a rank waits for the others (rendezvous, each collective) before
+    /// the run stops with an error.
+    pub dist_timeout: u64,
 }
 
 impl Default for TrainConfig {
@@ -208,6 +213,8 @@ impl Default for TrainConfig {
             num_workers: 1,
             device: DeviceChoice::Auto,
             threads: 0,
+            dist_backend: crate::dist::BackendChoice::Auto,
+            dist_timeout: 300,
         }
     }
 }
@@ -338,6 +345,7 @@ impl TrainConfig {
         }
         range("batch_size", o.batch_size as i64, 1..=4096)?;
         range("threads", self.threads as i64, 0..=1024)?;
+        range("dist_timeout", self.dist_timeout as i64, 1..=86_400)?;
         for (name, v, lo, hi) in [
             ("g_lr", o.g_lr, f64::MIN_POSITIVE, 1.0),
             ("d_lr", o.d_lr, f64::MIN_POSITIVE, 1.0),

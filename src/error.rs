@@ -14,6 +14,9 @@ pub enum Error {
     Weights { path: PathBuf, source: crate::model::WeightsError },
     #[error(transparent)]
     TensorBoard(#[from] crate::tensorboard::TbError),
+    /// A process group's failure: a rank gone, a rendezvous that cannot happen.
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("cannot write {path}: {source}")]
@@ -49,7 +52,9 @@ impl Error {
             Error::Input(_) => ErrorKind::Input,
             Error::Data(D::Io { .. }) | Error::Checkpoint(C::Io { .. } | C::Write { .. }) => ErrorKind::Io,
             Error::Data(_) | Error::Checkpoint(_) | Error::Weights { .. } => ErrorKind::Data,
-            Error::Write { .. } | Error::Read { .. } | Error::TensorBoard(_) => ErrorKind::Io,
+            Error::Write { .. } | Error::Read { .. } | Error::TensorBoard(_) | Error::Dist(_) => {
+                ErrorKind::Io
+            }
             Error::Torch(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }

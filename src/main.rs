@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use stargan::cli::train::Ran;
 use stargan::cli::translate::{ExportArgs, InfoArgs, TranslateArgs};
 use stargan::cli::RunArgs;
 use stargan::train::Outcome;
@@ -47,16 +48,6 @@ fn init_logging() {
         .init();
 }
 
-fn install_signal_handler() {
-    // First Ctrl-C / SIGTERM: finish the iteration, save a checkpoint, exit. Second: exit at once.
-    let _ = ctrlc::set_handler(|| {
-        if stargan::train::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: saving a checkpoint after this iteration (Ctrl-C again to quit now)");
-    });
-}
-
 fn set_threads(threads: usize) {
     let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
     tch::set_num_threads(n as i32);
@@ -65,20 +56,20 @@ fn set_threads(threads: usize) {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => {
-            let cfg = args.resolve()?;
-            set_threads(cfg.threads);
-            install_signal_handler();
-            match stargan::train::train(&cfg)? {
-                Outcome::Finished { iterations } => {
-                    println!(
-                        "trained {iterations} iterations; checkpoints in {}",
-                        cfg.output.model_save_dir.display()
-                    )
-                }
-                Outcome::Interrupted { iteration, checkpoint } => println!(
+            let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+            match stargan::cli::train::train(&args, &raw)? {
+                // Ranks other than 0 print nothing: rank 0 speaks for the run.
+                Ran::Trained { rank, .. } if rank > 0 => {}
+                Ran::Trained { outcome: Outcome::Finished { iterations }, world, .. } => println!(
+                    "trained {iterations} iterations{}; checkpoints in {}",
+                    if world > 1 { format!(" on {world} ranks") } else { String::new() },
+                    args.resolve()?.output.model_save_dir.display()
+                ),
+                Ran::Trained { outcome: Outcome::Interrupted { iteration, checkpoint }, .. } => println!(
                     "stopped at iteration {iteration}; saved {}; continue with --resume-iters {iteration}",
                     checkpoint.display()
                 ),
+                Ran::Launched { .. } => {}
             }
         }
         Command::Test(args) => {

@@ -32,6 +32,14 @@ pub struct Meta {
     pub g: GeneratorConfig,
     pub d: DiscriminatorConfig,
     pub config: TrainConfig,
+    /// Ranks of the data-parallel run that wrote it (1 for a single process, and for checkpoints
+    /// written before runs could have more).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub fn path_for(dir: &Path, iteration: u64) -> PathBuf {
@@ -83,8 +91,10 @@ pub fn save(
     model: Nets<'_>,
     iteration: u64,
     config: &TrainConfig,
+    world_size: usize,
 ) -> Result<(), CheckpointError> {
     let meta = Meta {
+        world_size,
         format_version: 1,
         iteration,
         g_adam_step: model.g_opt.step,

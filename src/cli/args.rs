@@ -131,6 +131,19 @@ pub struct RunArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Data-parallel runs: the c10d backend.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dist_backend: Option<crate::dist::BackendChoice>,
+    /// Data-parallel runs: seconds to wait for the other ranks before stopping with an error [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dist_timeout: Option<u64>,
+    /// Train as N data-parallel ranks on this machine (torchrun's environment, Gloo on the CPU);
+    /// --batch-size is then per rank.
+    #[arg(long, value_name = "N")]
+    #[serde(skip)]
+    pub nproc_per_node: Option<usize>,
 
     // Directories.
     #[arg(long)]

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod serve;
 pub mod synth;
 pub mod test;
+pub mod train;
 pub mod translate;
 mod values;
 

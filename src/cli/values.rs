@@ -3,6 +3,7 @@
 //! their serde form uses in `--config` files.
 
 use crate::config::{DatasetKind, DeviceChoice, LrDecay, Precision, StepMode, SyntheticLabels};
+use crate::dist::BackendChoice;
 use crate::face::Align;
 use clap::builder::PossibleValue;
 
@@ -60,4 +61,10 @@ value_enum!(StepMode {
 value_enum!(Precision {
     Fp32 => "fp32": "fp32 throughout",
     Bf16 => "bf16": "Autocast: convolutions in bf16, weights, gradients and Adam in fp32",
+});
+
+value_enum!(BackendChoice {
+    Auto => "auto": "NCCL for CUDA devices, Gloo on the CPU",
+    Gloo => "gloo": "Gloo (CPU tensors; CUDA tensors through the host)",
+    Nccl => "nccl": "NCCL (CUDA tensors; needs a CUDA libtorch)",
 });

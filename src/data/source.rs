@@ -258,9 +258,15 @@ impl HostBatch {
 
 /// Batches from one or more sources, shuffled per epoch like PyTorch's DataLoader(shuffle=True,
 /// drop_last=False), with random horizontal flips when training.
+///
+/// A loader may read one shard of each epoch ([`Loader::shard`]): DistributedSampler's semantics,
+/// the epoch's order padded by wrapping to a multiple of the world size and rank r taking every
+/// world-th position from r, so the shards are disjoint, equal in size, and together the epoch.
 pub struct Loader {
     sources: Vec<Arc<dyn Source>>,
     batch_size: usize,
+    rank: usize,
+    world: usize,
     seed: u64,
     shuffle: bool,
     flip: bool,
@@ -290,6 +296,8 @@ impl Loader {
         Ok(Self {
             sources,
             batch_size,
+            rank: 0,
+            world: 1,
             seed,
             shuffle: train,
             flip: train,
@@ -298,12 +306,36 @@ impl Loader {
         })
     }
 
+    /// This loader reading only rank `rank`'s shard of a world of `world` (`batch_size` is then per
+    /// rank, and must fit in a shard).
+    pub fn shard(mut self, rank: usize, world: usize) -> Result<Self, DataError> {
+        assert!(rank < world, "rank {rank} of {world}");
+        for s in &self.sources {
+            let shard = s.len().div_ceil(world);
+            if self.batch_size > shard && self.shuffle {
+                return Err(DataError::BatchTooLarge {
+                    batch: self.batch_size,
+                    images: shard,
+                    dataset: format!("{} (one of {world} shards)", s.domain().name),
+                });
+            }
+        }
+        self.rank = rank;
+        self.world = world;
+        Ok(self)
+    }
+
     pub fn sources(&self) -> &[Arc<dyn Source>] {
         &self.sources
     }
 
+    /// Images of source `k` in this loader's shard of an epoch.
+    fn shard_len(&self, k: usize) -> usize {
+        self.sources[k].len().div_ceil(self.world)
+    }
+
     pub fn batches_per_epoch(&self, source: usize) -> u64 {
-        self.sources[source].len().div_ceil(self.batch_size) as u64
+        self.shard_len(source).div_ceil(self.batch_size) as u64
     }
 
     /// Images that could not be decoded and were replaced so far.
@@ -321,8 +353,15 @@ impl Loader {
         } else {
             (0..n).collect()
         };
-        let end = ((pos + 1) * self.batch_size).min(n);
-        (epoch, order[pos * self.batch_size..end].to_vec())
+        let shard: Vec<usize> = if self.world == 1 {
+            order
+        } else {
+            // DistributedSampler: pad by wrapping to world·⌈n/world⌉, then every world-th from rank.
+            let total = self.shard_len(k) * self.world;
+            (self.rank..total).step_by(self.world).map(|p| order[p % n]).collect()
+        };
+        let end = ((pos + 1) * self.batch_size).min(shard.len());
+        (epoch, shard[pos * self.batch_size..end].to_vec())
     }
 
     /// Batch `b` of source `k`, decoded in parallel. An image that cannot be decoded is replaced by

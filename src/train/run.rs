@@ -6,6 +6,7 @@
 //! checkpoint at the last completed iteration before exiting, and `--resume-iters` continues
 //! exactly where a checkpoint left off.
 
+use super::parallel::Ranks;
 use super::{Batch, DLosses, GLosses, StarGan};
 use crate::batch::{images_tensor, labels_tensor};
 use crate::checkpoint::{self, native};
@@ -18,7 +19,7 @@ use crate::labels::LabelLayout;
 use crate::tensorboard::EventWriter;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Tensor};
@@ -110,14 +111,14 @@ fn save_samples(model: &StarGan, fixed: &Fixed, path: &Path) -> Result<Tensor> {
     Ok(grid)
 }
 
-fn save_checkpoint(model: &StarGan, cfg: &TrainConfig, iteration: u64) -> Result<PathBuf> {
+fn save_checkpoint(model: &StarGan, cfg: &TrainConfig, iteration: u64, world: usize) -> Result<PathBuf> {
     // No checkpoint of non-finite weights is ever written: it would replace the last good one as
     // `latest` and poison every run resumed from it.
     if !(model.g.weights.all_finite() && model.d.weights.all_finite()) {
         return Err(not_finite(cfg, iteration, "the weights"));
     }
     let path = native::path_for(&cfg.output.model_save_dir, iteration);
-    native::save(&path, model.nets(), iteration, cfg)?;
+    native::save(&path, model.nets(), iteration, cfg, world)?;
     if cfg.output.save_reference_format {
         checkpoint::write_torch(
             &cfg.output.model_save_dir.join(format!("{iteration}-G.ckpt")),
@@ -145,20 +146,25 @@ fn elapsed(start: Instant) -> String {
     format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
 }
 
-/// Train as configured. Returns how the run ended; errors are one-line, user-facing.
+/// Train as configured, as a single process. Returns how the run ended; errors are one-line,
+/// user-facing.
 pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
-    cfg.validate()?;
+    train_in(cfg, Ranks::SINGLE)
+}
+
+/// What rank 0 alone sets up before the first iteration: the run's lock, the resumed checkpoint,
+/// the folders and the effective configuration. Returns the iteration to start at.
+fn set_up_writer(
+    cfg: &TrainConfig,
+    model: &mut StarGan,
+    world: usize,
+) -> Result<(crate::files::DirLock, u64)> {
     // One run per folder, taken before anything else: a second trainer would interleave the logs
     // and overwrite checkpoints.
-    let _lock = crate::files::DirLock::acquire(&cfg.output.model_save_dir).map_err(Error::Input)?;
-    let device = cfg.device.resolve()?;
-    let (srcs, layout) = sources(&cfg.data, cfg.seed, Part::Train)?;
-    let loader = Arc::new(Loader::new(srcs, cfg.optim.batch_size, cfg.seed, true)?);
-    let mut model = StarGan::from_config(cfg, layout.clone(), device);
-
+    let lock = crate::files::DirLock::acquire(&cfg.output.model_save_dir).map_err(Error::Input)?;
     let start = match resume_point(cfg)? {
         Some((iteration, path, loaded)) => {
-            check_resumable(cfg, &loaded.meta, iteration, &path)?;
+            check_resumable(cfg, &loaded.meta, iteration, &path, world)?;
             model.restore(&loaded, &path)?;
             tracing::info!("resumed from {} (iteration {iteration})", path.display());
             iteration
@@ -172,6 +178,10 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     }
     create_dirs(cfg)?;
     write_config(cfg)?;
+    Ok((lock, start))
+}
+
+fn open_logs(cfg: &TrainConfig, start: u64) -> Result<Logs> {
     let metrics_path = cfg.output.log_dir.join("metrics.jsonl");
     if start > 0 {
         truncate_metrics(&metrics_path, start)?;
@@ -182,17 +192,58 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
         .open(&metrics_path)
         .map_err(write_err(&metrics_path))?;
     let tb = if cfg.output.use_tensorboard { Some(EventWriter::create(&cfg.output.log_dir)?) } else { None };
-    let mut logs = Logs { metrics, tb };
-    let fixed = fixed_inputs(&loader, &layout, device)?;
+    Ok(Logs { metrics, tb })
+}
 
-    tracing::info!(
-        "G: {} parameters, D: {} parameters, {} on {:?}",
-        model.g.weights.num_parameters(),
-        model.d.weights.num_parameters(),
-        layout.domains.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(" + "),
-        device
-    );
-    let bar = indicatif::ProgressBar::new(cfg.optim.num_iters);
+/// The settings every rank must share, as one number (rank 0's is compared with the others').
+fn fingerprint(cfg: &TrainConfig) -> u32 {
+    crc32c::crc32c(toml::to_string(cfg).unwrap_or_default().as_bytes())
+}
+
+/// Train as one rank of `ranks` (or alone): the same loop, with the group's hooks. Only rank 0
+/// writes; every rank returns the same outcome.
+pub fn train_in(cfg: &TrainConfig, ranks: Ranks<'_>) -> Result<Outcome> {
+    cfg.validate()?;
+    let (rank, world, writes) = (ranks.rank(), ranks.world(), ranks.writes());
+    let device = match (cfg.device.resolve()?, ranks.group) {
+        // Each rank takes the GPU of its LOCAL_RANK.
+        (Device::Cuda(_), Some(g)) => Device::Cuda(g.local_rank()),
+        (d, _) => d,
+    };
+    ranks.check_same_config(fingerprint(cfg))?;
+    let (srcs, layout) = sources(&cfg.data, cfg.seed, Part::Train)?;
+    let loader = Arc::new(Loader::new(srcs, cfg.optim.batch_size, cfg.seed, true)?.shard(rank, world)?);
+    let mut model = StarGan::from_config(cfg, layout.clone(), device);
+
+    let (lock, start) = if writes {
+        match set_up_writer(cfg, &mut model, world) {
+            Ok((lock, start)) => (Some(lock), Ok(start)),
+            Err(e) => (None, Err(e)),
+        }
+    } else {
+        (None, Ok(0))
+    };
+    let start = ranks.agree_start(start)?;
+    let _lock = lock;
+    ranks.broadcast_model(&mut model)?;
+    let mut logs = if writes { Some(open_logs(cfg, start)?) } else { None };
+    let fixed = if writes { Some(fixed_inputs(&loader, &layout, device)?) } else { None };
+
+    if writes {
+        tracing::info!(
+            "G: {} parameters, D: {} parameters, {} on {:?}{}",
+            model.g.weights.num_parameters(),
+            model.d.weights.num_parameters(),
+            layout.domains.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(" + "),
+            device,
+            ranks.group.map(|g| format!(", {world} ranks on {}", g.backend())).unwrap_or_default()
+        );
+    }
+    let bar = if writes {
+        indicatif::ProgressBar::new(cfg.optim.num_iters)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} it  {per_sec}  ETA {eta}  {msg}")
             .expect("valid template"),
@@ -201,10 +252,11 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     bar.reset_eta();
 
     let prefetch = Prefetcher::spawn(loader.clone(), start, cfg.optim.num_iters, 2);
+    let mut hook = ranks.hook(&STOP);
     let t0 = Instant::now();
     let mut done = start;
     for i in start..cfg.optim.num_iters {
-        if STOP.load(Ordering::Relaxed) {
+        if hook.stop_requested() {
             break;
         }
         let (g_lr, d_lr) = cfg.learning_rates(i);
@@ -212,43 +264,62 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
         let host = prefetch.next().ok_or_else(|| Error::Internal("the data loader stopped".into()))??;
         let mut logged = Vec::new();
         for hb in &host {
-            let b = Batch::from_host(hb, i, cfg.seed, device);
-            let (d, g) = model.iteration(&b, (i + 1) % cfg.optim.n_critic == 0, cfg.optim.step_mode);
+            let b = Batch::from_host(hb, i, cfg.seed, rank, device);
+            let with_g = (i + 1) % cfg.optim.n_critic == 0;
+            let (d, g) = model.iteration_with(&b, with_g, cfg.optim.step_mode, &mut hook)?;
             if (i + 1) % cfg.output.log_step == 0 {
                 // Checked when the losses are read anyway (reading syncs the device); the weights
                 // are checked before every save, so no checkpoint of non-finite weights is written.
-                if !finite(&d, g.as_ref()) {
+                // In a group the values are the ranks' mean, so every rank decides alike.
+                let mut values = loss_values(&d, g.as_ref());
+                let mut totals = vec![scalar(&d.total), g.as_ref().map_or(0.0, |g| scalar(&g.total))];
+                let mut all: Vec<f64> = values.iter().map(|(_, v)| *v).chain(totals.drain(..)).collect();
+                ranks.mean(&mut all)?;
+                if !all.iter().all(|v| v.is_finite()) {
                     bar.finish_and_clear();
                     return Err(not_finite(cfg, i + 1, "a loss"));
                 }
-                logged.push((layout.domains[hb.source].name.clone(), loss_values(&d, g.as_ref())));
+                for ((_, v), m) in values.iter_mut().zip(&all) {
+                    *v = *m;
+                }
+                logged.push((layout.domains[hb.source].name.clone(), values));
             }
         }
         done = i + 1;
         bar.set_position(done);
 
-        if done % cfg.output.log_step == 0 {
-            log_step(&bar, &mut logs, &logged, done, cfg, t0, loader.skipped())?;
+        if let Some(logs) = logs.as_mut().filter(|_| done % cfg.output.log_step == 0) {
+            log_step(&bar, logs, &logged, done, cfg, t0, loader.skipped())?;
         }
         if done % cfg.output.sample_step == 0 {
-            let path = cfg.output.sample_dir.join(format!("{done}-images.png"));
-            let grid = save_samples(&model, &fixed, &path)?;
-            if let Some(tb) = logs.tb.as_mut() {
-                let (rgb, w, h) = image_io::to_rgb8(&grid)?;
-                tb.add_image("samples", &rgb, w, h, done as i64)?;
+            ranks.average_running_stats(&model)?;
+            if let (Some(fixed), Some(logs)) = (fixed.as_ref(), logs.as_mut()) {
+                let path = cfg.output.sample_dir.join(format!("{done}-images.png"));
+                let grid = save_samples(&model, fixed, &path)?;
+                if let Some(tb) = logs.tb.as_mut() {
+                    let (rgb, w, h) = image_io::to_rgb8(&grid)?;
+                    tb.add_image("samples", &rgb, w, h, done as i64)?;
+                }
             }
         }
         if done % cfg.output.model_save_step == 0 || done == cfg.optim.num_iters {
-            let path = save_checkpoint(&model, cfg, done)?;
-            say(&bar, format!("Saved model checkpoints into {}...", path.display()));
+            ranks.average_running_stats(&model)?;
+            if writes {
+                let path = save_checkpoint(&model, cfg, done, world)?;
+                say(&bar, format!("Saved model checkpoints into {}...", path.display()));
+            }
         }
     }
     bar.finish_and_clear();
-    if let Some(tb) = logs.tb.as_mut() {
+    if let Some(tb) = logs.as_mut().and_then(|l| l.tb.as_mut()) {
         tb.flush()?;
     }
     if done < cfg.optim.num_iters {
-        let path = save_checkpoint(&model, cfg, done)?;
+        ranks.average_running_stats(&model)?;
+        let path = native::path_for(&cfg.output.model_save_dir, done);
+        if writes {
+            save_checkpoint(&model, cfg, done, world)?;
+        }
         return Ok(Outcome::Interrupted { iteration: done, checkpoint: path });
     }
     Ok(Outcome::Finished { iterations: done })
@@ -292,10 +363,26 @@ fn resume_point(cfg: &TrainConfig) -> Result<Option<(u64, PathBuf, native::Loade
 
 /// A resumed run continues bit for bit only with the settings that shape its batches and its
 /// randomness; anything else (the number of iterations, the output folders) may change.
-fn check_resumable(cfg: &TrainConfig, meta: &native::Meta, iteration: u64, path: &Path) -> Result<()> {
+fn check_resumable(
+    cfg: &TrainConfig,
+    meta: &native::Meta,
+    iteration: u64,
+    path: &Path,
+    world: usize,
+) -> Result<()> {
     let was = &meta.config;
     let mut differ = Vec::new();
-    if was.optim.batch_size != cfg.optim.batch_size {
+    // Another world size reads other shards and draws other targets: the run goes on from the
+    // same weights and optimiser state, but not as it would have. Any batch size is then fine.
+    if meta.world_size != world {
+        tracing::warn!(
+            "{} was written by {} rank(s), this run has {world}: training continues from its weights and \
+             optimiser state, with this run's data order and batch size ({} per rank)",
+            path.display(),
+            meta.world_size,
+            cfg.optim.batch_size
+        );
+    } else if was.optim.batch_size != cfg.optim.batch_size {
         differ.push(format!("`batch_size` {} (now {})", was.optim.batch_size, cfg.optim.batch_size));
     }
     if was.seed != cfg.seed {
@@ -348,12 +435,6 @@ fn not_finite(cfg: &TrainConfig, iteration: u64, what: &str) -> Error {
          learning rates or check the data",
         kept.map(|k| format!(" (checkpoint {k} is the last good one)")).unwrap_or_default()
     ))
-}
-
-/// Whether every loss of the iteration is a finite number.
-fn finite(d: &DLosses, g: Option<&GLosses>) -> bool {
-    let ok = |t: &Tensor| t.isfinite().all().int64_value(&[]) == 1;
-    ok(&d.total) && g.is_none_or(|g| ok(&g.total))
 }
 
 fn log_step(

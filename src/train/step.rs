@@ -45,15 +45,18 @@ pub struct Batch {
 
 impl Batch {
     /// A host batch on `device`, with its iteration's target permutation and penalty weights
-    /// (functions of the seed, the data set and the iteration).
-    pub fn from_host(hb: &HostBatch, iteration: u64, seed: u64, device: Device) -> Batch {
+    /// (functions of the seed, the data set, the iteration and the rank: rank 0 draws what a
+    /// single process draws, so a world of one is a single-process run).
+    pub fn from_host(hb: &HostBatch, iteration: u64, seed: u64, rank: usize, device: Device) -> Batch {
         let k = hb.source as u64;
-        let perm: Vec<i64> = Stream::new(seed, Purpose::TargetPermutation, &[k, iteration])
+        let key = [k, iteration, rank as u64];
+        let key = if rank == 0 { &key[..2] } else { &key[..] };
+        let perm: Vec<i64> = Stream::new(seed, Purpose::TargetPermutation, key)
             .permutation(hb.len())
             .into_iter()
             .map(|i| i as i64)
             .collect();
-        let mut mix = Stream::new(seed, Purpose::PenaltyMix, &[k, iteration]);
+        let mut mix = Stream::new(seed, Purpose::PenaltyMix, key);
         let alpha: Vec<f32> = (0..hb.len()).map(|_| mix.uniform_f32()).collect();
         Batch {
             x: crate::batch::images_tensor(hb).to_device(device),
