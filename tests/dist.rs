@@ -272,3 +272,236 @@ fn two_ranks_equal_one_process_in_bf16() {
     let tol = Tolerance { first: 1e-2, mean: 1e-4, far: 1.0 };
     equivalence(&tiny(SyntheticLabels::Celeba, Precision::Bf16), 4, tol);
 }
+
+#[test]
+fn shards_are_disjoint_equal_and_together_the_epoch() {
+    let cfg = tiny(SyntheticLabels::Celeba, Precision::Fp32);
+    let (srcs, _) = sources(&cfg.data, cfg.seed, Part::Train).unwrap();
+    let n = srcs[0].len();
+    let whole: Vec<usize> = {
+        let l = Loader::new(srcs.clone(), 4, cfg.seed, true).unwrap();
+        (0..l.batches_per_epoch(0)).flat_map(|b| l.indices(0, b).1).collect()
+    };
+    // A world of one reads exactly the unsharded epoch.
+    let one = Loader::new(srcs.clone(), 4, cfg.seed, true).unwrap().shard(0, 1).unwrap();
+    assert_eq!((0..one.batches_per_epoch(0)).flat_map(|b| one.indices(0, b).1).collect::<Vec<_>>(), whole);
+    for world in [2usize, 3, 7] {
+        let shards: Vec<Vec<usize>> = (0..world)
+            .map(|r| {
+                let l = Loader::new(srcs.clone(), 4, cfg.seed, true).unwrap().shard(r, world).unwrap();
+                // Every epoch is sharded alike: look at the second one.
+                let per = l.batches_per_epoch(0);
+                (per..2 * per).flat_map(|b| l.indices(0, b).1).collect()
+            })
+            .collect();
+        let len = n.div_ceil(world);
+        assert!(shards.iter().all(|s| s.len() == len), "world {world}: unequal shards");
+        let mut all: Vec<usize> = shards.concat();
+        all.sort_unstable();
+        let padding = len * world - n;
+        all.dedup();
+        assert_eq!(all.len(), n, "world {world}: the shards together miss images");
+        // Only the padding (wrapped from the epoch's start) may repeat an image.
+        let total: usize = shards.iter().map(Vec::len).sum();
+        assert_eq!(total - all.len(), padding);
+    }
+}
+
+// End to end through the binary: `--nproc-per-node 2` on 127.0.0.1.
+
+fn run_ok(args: &[String]) -> std::process::Output {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = common::stargan(&a);
+    assert!(
+        out.status.success(),
+        "stargan {}\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `stargan train` with tiny flags and `extra` over them.
+fn train(flags: &[String], extra: &[&str]) -> Vec<String> {
+    std::iter::once("train".to_string()).chain(common::with(flags, extra)).collect()
+}
+
+/// The iterations recorded in metrics.jsonl, in file order.
+fn logged_iterations(dir: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(dir.join("logs/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["iteration"].as_u64().unwrap())
+        .collect()
+}
+
+fn world_of(dir: &std::path::Path, it: u64) -> usize {
+    stargan::checkpoint::native::load(&dir.join(format!("models/{it}.stargan.safetensors"))).unwrap().meta.world_size
+}
+
+#[test]
+fn launcher_trains_and_resumes_with_one_rank_and_with_two() {
+    let dir = common::scratch("dist", "launch");
+    let flags = train(&common::tiny_flags(&dir, 4), &["--nproc-per-node", "2"]);
+    let out = run_ok(&flags);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("trained 4 iterations on 2 ranks"));
+    // One writer: each iteration logged once, checkpoints that record the world.
+    assert_eq!(logged_iterations(&dir), vec![1, 2, 3, 4]);
+    assert_eq!(world_of(&dir, 4), 2);
+    assert!(dir.join("samples/4-images.png").exists());
+
+    let one = train(&common::tiny_flags(&dir, 6), &["--resume-iters", "latest"]);
+    let out = run_ok(&one);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("written by 2 rank(s), this run has 1"));
+    assert_eq!(world_of(&dir, 6), 1);
+
+    let two = train(&common::tiny_flags(&dir, 8), &["--resume-iters", "latest", "--nproc-per-node", "2"]);
+    run_ok(&two);
+    assert_eq!(world_of(&dir, 8), 2);
+    assert_eq!(logged_iterations(&dir), (1..=8).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A long `--nproc-per-node 2` run in the background, its output in files.
+struct Background {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Background {
+    fn start(name: &str) -> Self {
+        let dir = common::scratch("dist", name);
+        let flags = train(
+            &common::tiny_flags(&dir, 100_000),
+            &["--nproc-per-node", "2", "--model-save-step", "3", "--sample-step", "1000", "--log-step", "1000", "--dist-timeout", "20"],
+        );
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_stargan"))
+            .args(&flags)
+            .env("STARGAN_LOG", "warn")
+            .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, dir }
+    }
+
+    /// Waits (at most a minute) until the run has saved `it`.
+    fn wait_for_checkpoint(&mut self, it: u64) {
+        let path = self.dir.join(format!("models/{it}.stargan.safetensors"));
+        let t0 = std::time::Instant::now();
+        while !path.exists() {
+            assert!(t0.elapsed() < Duration::from_secs(60), "no checkpoint {it} after a minute");
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("the run ended ({st}): {}", std::fs::read_to_string(self.dir.join("stderr")).unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The pid of the launcher's rank `rank`.
+    fn rank_pid(&self, rank: usize) -> i32 {
+        let pid = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        for c in children.split_whitespace() {
+            let env = std::fs::read(format!("/proc/{c}/environ")).unwrap_or_default();
+            if env.split(|&b| b == 0).any(|v| v == format!("RANK={rank}").as_bytes()) {
+                return c.parse().unwrap();
+            }
+        }
+        panic!("no rank {rank} among the launcher's children ({children})");
+    }
+
+    /// Waits (at most `limit`) for the launcher to end.
+    fn wait(&mut self, limit: Duration) -> (std::process::ExitStatus, String, String) {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap();
+                return (st, read("stdout"), read("stderr"));
+            }
+            if t0.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("the launcher still runs after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_killed_rank_ends_the_run_and_keeps_the_last_checkpoint() {
+    let mut run = Background::start("kill");
+    run.wait_for_checkpoint(3);
+    let victim = run.rank_pid(1);
+    let survivor = run.rank_pid(0);
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let t0 = std::time::Instant::now();
+    // The timeout is 20 s; the launcher kills what is left 5 s after it.
+    let (status, _, stderr) = run.wait(Duration::from_secs(40));
+    assert!(!status.success());
+    assert!(stderr.contains("rank 1 of 2 was killed (SIGKILL)"), "{stderr}");
+    // Rank 0 ended on its own, with a line saying why, well within the timeout.
+    assert!(stderr.contains("error: rank 0/2:"), "{stderr}");
+    assert!(!stderr.contains("still running after the timeout"), "{stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "took {:?}", t0.elapsed());
+    assert!(!std::path::Path::new(&format!("/proc/{survivor}")).exists() || {
+        // A zombie until reaped is gone as far as work goes; the launcher reaped it.
+        std::fs::read_to_string(format!("/proc/{survivor}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+    // Every checkpoint left reads back whole.
+    let models = run.dir.join("models");
+    let all = stargan::checkpoint::native::all(&models);
+    assert!(!all.is_empty());
+    for it in all {
+        stargan::checkpoint::native::load(&stargan::checkpoint::native::path_for(&models, it)).unwrap();
+    }
+}
+
+#[test]
+fn ctrl_c_stops_every_rank_after_one_iteration_and_saves_once() {
+    let mut run = Background::start("interrupt");
+    run.wait_for_checkpoint(3);
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGINT) };
+    let (status, stdout, stderr) = run.wait(Duration::from_secs(40));
+    assert!(status.success(), "{stderr}");
+    let it: u64 = stdout
+        .split("stopped at iteration ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no stop line in {stdout}"));
+    let models = run.dir.join("models");
+    let loaded = stargan::checkpoint::native::load(&stargan::checkpoint::native::path_for(&models, it)).unwrap();
+    assert_eq!((loaded.meta.iteration, loaded.meta.world_size), (it, 2));
+    // Saved once: every other checkpoint is a scheduled one.
+    assert!(stargan::checkpoint::native::all(&models).iter().all(|&k| k == it || k % 3 == 0));
+    // Both ranks said they were interrupted (each got one SIGTERM from the launcher).
+    assert_eq!(stderr.matches("interrupted: saving a checkpoint").count(), 2, "{stderr}");
+}
+
+#[test]
+fn a_port_in_use_is_one_line() {
+    let dir = common::scratch("dist", "port");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let flags = train(&common::tiny_flags(&dir, 2), &["--nproc-per-node", "2", "--dist-timeout", "5"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stargan"))
+        .args(&flags)
+        .env("MASTER_PORT", &port)
+        .env("STARGAN_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("the port is in use (set MASTER_PORT to a free one)"), "{stderr}");
+    assert!(!dir.join("models").join("2.stargan.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

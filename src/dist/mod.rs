@@ -93,7 +93,24 @@ fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> bool) -> Result<(), Di
         return Ok(());
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Err(DistError(format!("{what}: {}", String::from_utf8_lossy(&buf[..end]).trim())))
+    Err(DistError(format!("{what}: {}", tidy(&String::from_utf8_lossy(&buf[..end])))))
+}
+
+/// Gloo's message without the build machine's source paths (`[/__w/pytorch/.../pair.cc:537] `)
+/// and its closing advice, which names Python.
+fn tidy(msg: &str) -> String {
+    let mut out = String::new();
+    let mut rest = msg.trim();
+    while let Some(open) = rest.find("[/") {
+        let Some(close) = rest[open..].find("] ") else { break };
+        out.push_str(&rest[..open]);
+        rest = &rest[open + close + 2..];
+    }
+    out.push_str(rest);
+    match out.find(" This is typically caused") {
+        Some(cut) => out[..cut].to_string(),
+        None => out,
+    }
 }
 
 /// One process's membership of a c10d process group.
@@ -266,6 +283,16 @@ impl Drop for ProcessGroup {
     fn drop(&mut self) {
         let clean = !self.failed.load(Ordering::SeqCst) && !std::thread::panicking();
         unsafe { stargan_pg_free(self.raw.as_ptr(), clean) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gloo_messages_lose_build_paths_and_advice() {
+        let m = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:10666: \
+                 Connection reset by peer. This is typically caused by a remote worker hanging. GLHF!";
+        assert_eq!(super::tidy(m), "Read error [127.0.0.1]:10666: Connection reset by peer.");
     }
 }
 
