@@ -55,8 +55,8 @@ fn no_library_module_imports_the_cli() {
 }
 
 #[test]
-fn data_checkpoint_model_and_face_know_nothing_of_training_or_flags() {
-    for dir in ["data", "checkpoint", "model", "face", "serve"] {
+fn data_checkpoint_model_face_serve_and_dist_know_nothing_of_training_or_flags() {
+    for dir in ["data", "checkpoint", "model", "face", "serve", "dist"] {
         let found = mentions(dir, &["crate::train", "crate::cli", "clap"], &[]);
         assert!(found.is_empty(), "{dir}/ reaches up:\n{}", found.join("\n"));
     }

@@ -337,7 +337,10 @@ fn logged_iterations(dir: &std::path::Path) -> Vec<u64> {
 }
 
 fn world_of(dir: &std::path::Path, it: u64) -> usize {
-    stargan::checkpoint::native::load(&dir.join(format!("models/{it}.stargan.safetensors"))).unwrap().meta.world_size
+    stargan::checkpoint::native::load(&dir.join(format!("models/{it}.stargan.safetensors")))
+        .unwrap()
+        .meta
+        .world_size
 }
 
 #[test]
@@ -374,7 +377,18 @@ impl Background {
         let dir = common::scratch("dist", name);
         let flags = train(
             &common::tiny_flags(&dir, 100_000),
-            &["--nproc-per-node", "2", "--model-save-step", "3", "--sample-step", "1000", "--log-step", "1000", "--dist-timeout", "20"],
+            &[
+                "--nproc-per-node",
+                "2",
+                "--model-save-step",
+                "3",
+                "--sample-step",
+                "1000",
+                "--log-step",
+                "1000",
+                "--dist-timeout",
+                "20",
+            ],
         );
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_stargan"))
             .args(&flags)
@@ -452,10 +466,12 @@ fn a_killed_rank_ends_the_run_and_keeps_the_last_checkpoint() {
     assert!(stderr.contains("error: rank 0/2:"), "{stderr}");
     assert!(!stderr.contains("still running after the timeout"), "{stderr}");
     assert!(t0.elapsed() < Duration::from_secs(20), "took {:?}", t0.elapsed());
-    assert!(!std::path::Path::new(&format!("/proc/{survivor}")).exists() || {
-        // A zombie until reaped is gone as far as work goes; the launcher reaped it.
-        std::fs::read_to_string(format!("/proc/{survivor}/stat")).map_or(true, |s| s.contains(") Z "))
-    });
+    assert!(
+        !std::path::Path::new(&format!("/proc/{survivor}")).exists() || {
+            // A zombie until reaped is gone as far as work goes; the launcher reaped it.
+            std::fs::read_to_string(format!("/proc/{survivor}/stat")).map_or(true, |s| s.contains(") Z "))
+        }
+    );
     // Every checkpoint left reads back whole.
     let models = run.dir.join("models");
     let all = stargan::checkpoint::native::all(&models);
@@ -479,7 +495,8 @@ fn ctrl_c_stops_every_rank_after_one_iteration_and_saves_once() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no stop line in {stdout}"));
     let models = run.dir.join("models");
-    let loaded = stargan::checkpoint::native::load(&stargan::checkpoint::native::path_for(&models, it)).unwrap();
+    let loaded =
+        stargan::checkpoint::native::load(&stargan::checkpoint::native::path_for(&models, it)).unwrap();
     assert_eq!((loaded.meta.iteration, loaded.meta.world_size), (it, 2));
     // Saved once: every other checkpoint is a scheduled one.
     assert!(stargan::checkpoint::native::all(&models).iter().all(|&k| k == it || k % 3 == 0));
@@ -504,4 +521,44 @@ fn a_port_in_use_is_one_line() {
     assert!(stderr.contains("the port is in use (set MASTER_PORT to a free one)"), "{stderr}");
     assert!(!dir.join("models").join("2.stargan.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn two_ranks_resume_as_if_never_stopped() {
+    // A constant learning rate: the decay schedule depends on --num-iters, which differs between
+    // the legs (as in tests/train.rs's single-process version).
+    let legs = |dir: &std::path::Path, iters: u32, extra: &[&str]| {
+        let base = common::with(
+            &common::tiny_flags(dir, iters),
+            &["--num-iters-decay", "0", "--nproc-per-node", "2"],
+        );
+        run_ok(&train(&base, extra));
+    };
+    let straight = common::scratch("dist", "straight");
+    legs(&straight, 6, &[]);
+    let split = common::scratch("dist", "split");
+    legs(&split, 3, &[]);
+    legs(&split, 6, &["--resume-iters", "latest"]);
+    let read = |dir: &std::path::Path| {
+        stargan::checkpoint::native::load(&dir.join("models/6.stargan.safetensors")).unwrap().file.tensors
+    };
+    let (a, b) = (read(&straight), read(&split));
+    assert_eq!(a.len(), b.len());
+    // Weights, Adam's moments and counters bit for bit. The running statistics are averaged over
+    // the ranks at each save, and the resumed ranks start from the average of iteration 3: the same
+    // sum (they are linear in the batches' statistics) rounded at another point, so to fp32's
+    // precision, not bit for bit.
+    for (name, ta) in &a {
+        let tb = &b[name];
+        if name.ends_with("running_mean") || name.ends_with("running_var") {
+            let d = (ta - tb).abs().max().double_value(&[]);
+            let m = tb.abs().max().double_value(&[]);
+            assert!(d <= 1e-6 * m.max(1.0), "{name}: {d:e} (largest {m:e})");
+        } else {
+            assert!(ta.equal(tb), "{name} differs after resuming");
+        }
+    }
+    for d in [straight, split] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

@@ -54,7 +54,7 @@ pub fn run_local(
     signals: &AtomicUsize,
 ) -> Result<(), DistError> {
     if nproc == 0 {
-        return Err(DistError("--nproc-per-node must be at least 1".into()));
+        return Err(DistError("a local launch needs at least one rank".into()));
     }
     let port = pick_port()?;
     let mut children: Vec<Child> = Vec::with_capacity(nproc);

@@ -263,6 +263,14 @@ impl ProcessGroup {
                 let idx: Vec<usize> = (0..tensors.len())
                     .filter(|&i| tensors[i].defined() && tensors[i].kind() == kind)
                     .collect();
+                if let [i] = idx[..] {
+                    if tensors[i].is_contiguous() {
+                        // One contiguous tensor: in place, without the two copies.
+                        let mut flat = tensors[i].view([-1]);
+                        f(&mut flat)?;
+                        continue;
+                    }
+                }
                 let views: Vec<Tensor> = idx.iter().map(|&i| tensors[i].reshape([-1])).collect();
                 let mut flat = Tensor::cat(&views, 0);
                 f(&mut flat)?;
@@ -286,16 +294,6 @@ impl Drop for ProcessGroup {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn gloo_messages_lose_build_paths_and_advice() {
-        let m = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:10666: \
-                 Connection reset by peer. This is typically caused by a remote worker hanging. GLHF!";
-        assert_eq!(super::tidy(m), "Read error [127.0.0.1]:10666: Connection reset by peer.");
-    }
-}
-
 /// The join error with what usually causes it.
 fn explain_join(msg: String, timeout: Duration) -> String {
     let lower = msg.to_lowercase();
@@ -314,5 +312,15 @@ fn explain_join(msg: String, timeout: Duration) -> String {
         )
     } else {
         msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gloo_messages_lose_build_paths_and_advice() {
+        let m = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:10666: \
+                 Connection reset by peer. This is typically caused by a remote worker hanging. GLHF!";
+        assert_eq!(super::tidy(m), "Read error [127.0.0.1]:10666: Connection reset by peer.");
     }
 }

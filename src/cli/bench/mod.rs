@@ -3,6 +3,7 @@
 //! round by round (ours, theirs, ours, theirs ...) so that drift in the machine's speed hits both.
 //! This module is the harness (timing, models, report); `reference` drives the PyTorch side.
 
+mod dist;
 mod reference;
 mod serve_load;
 
@@ -57,7 +58,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
     /// Comma-separated: d_step, g_step, iteration, translate, loader, serve (the server under load;
-    /// its own table), faces (face detection and
+    /// its own table), dist (--nproc-per-node ranks against one process; its own table), faces (face detection and
     /// alignment on a 1024×768 photo made from the test photos; reference: facenet-pytorch's MTCNN).
     #[arg(long, default_value = "d_step,g_step,iteration,translate,loader", value_delimiter = ',')]
     pub what: Vec<String>,
@@ -74,6 +75,12 @@ pub struct BenchArgs {
     /// Write every measurement as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// `--what dist`: ranks to start on this machine.
+    #[arg(long, default_value_t = 2)]
+    pub nproc_per_node: usize,
+    /// `--what dist`, set by the launcher for its ranks: where rank 0 writes its measurements.
+    #[arg(long, hide = true)]
+    pub dist_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -372,7 +379,11 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
         _ => (serde_json::Value::Null, None),
     };
     report += "what        ours ms (median)   reference ms   speed-up (median of rounds, min-max)   peak RSS MB ours/ref   GFLOP/s ours/ref\n";
-    for what in args.what.iter().filter(|w| *w != "serve") {
+    if args.dist_out.is_some() {
+        // A rank of `--what dist`: measure that alone.
+        return dist::report(args, args.nproc_per_node);
+    }
+    for what in args.what.iter().filter(|w| *w != "serve" && *w != "dist") {
         let (mut ours_m, mut theirs_m, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rss_o, mut rss_t) = (None, None);
         for round in 0..args.rounds {
@@ -433,6 +444,9 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
     }
     if args.what.iter().any(|w| w == "serve") {
         report += &serve_load::report(args.iters.max(1))?;
+    }
+    if args.what.iter().any(|w| w == "dist") {
+        report += &dist::report(args, args.nproc_per_node)?;
     }
     if let Some(peak) = theoretical_peak_gflops(threads) {
         report += &format!("fp32 peak of {threads} core(s): {peak:.0} GFLOP/s theoretical");
