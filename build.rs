@@ -54,8 +54,22 @@ fn main() {
     println!("cargo:rerun-if-env-changed=STARGAN_GLOO_INCLUDE");
     println!("cargo:rerun-if-env-changed=STARGAN_NCCL_INCLUDE");
     if lib.join("libtorch_cuda.so").exists() {
-        if let Ok(dirs) = std::env::var("STARGAN_NCCL_INCLUDE") {
-            for dir in std::env::split_paths(&dirs) {
+        // scripts/setup.sh --cuda unpacks the wheels' headers into <libtorch>/cuda; a CUDA libtorch
+        // from elsewhere names its header folders in STARGAN_NCCL_INCLUDE.
+        let nv = lib.parent().expect("libtorch lib folder has a parent").join("cuda/nvidia");
+        let dirs: Vec<PathBuf> = match std::env::var_os("STARGAN_NCCL_INCLUDE") {
+            Some(d) => std::env::split_paths(&d).collect(),
+            None if nv.join("nccl/include/nccl.h").exists() => {
+                vec![nv.join("nccl/include"), nv.join("cu13/include"), nv.join("cu13/include/cccl")]
+            }
+            None => Vec::new(),
+        };
+        if dirs.is_empty() {
+            println!(
+                "cargo:warning=a CUDA libtorch without NCCL's headers: data-parallel training gets Gloo only"
+            );
+        } else {
+            for dir in dirs {
                 c10d.include(dir);
             }
             c10d.define("USE_C10D_NCCL", None).define("USE_CUDA", None).define("STARGAN_NCCL", None);

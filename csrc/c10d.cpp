@@ -76,10 +76,12 @@ void run(const c10::intrusive_ptr<c10d::Work>& work, std::chrono::milliseconds t
 extern "C" {
 
 // backend: "gloo" or "nccl". host_store: this process hosts the TCPStore (rank 0 outside torchrun).
+// listen_fd: a socket already bound and listening for the store (-1: bind the port here); the
+// local launcher binds it and hands it down, so no other program can take the port in between.
 // prefix: a key prefix inside the store ("" for none; torchrun's agent store needs one).
 void* stargan_pg_new(const char* backend, const char* master, int port, bool host_store,
-                     const char* prefix, int rank, int world, int64_t timeout_ms, char* err,
-                     size_t errlen) {
+                     int listen_fd, const char* prefix, int rank, int world, int64_t timeout_ms,
+                     char* err, size_t errlen) {
   Group* out = nullptr;
   bool ok = guarded(err, errlen, [&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
@@ -90,6 +92,9 @@ void* stargan_pg_new(const char* backend, const char* master, int port, bool hos
     opts.waitWorkers = false;
     opts.timeout = timeout;
     opts.multiTenant = true;
+    if (host_store && listen_fd >= 0) {
+      opts.masterListenFd = listen_fd;
+    }
     c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(master, opts);
     if (prefix != nullptr && *prefix) {
       store = c10::make_intrusive<c10d::PrefixStore>(prefix, store);
@@ -102,6 +107,9 @@ void* stargan_pg_new(const char* backend, const char* master, int port, bool hos
       pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, o);
     } else if (which == "nccl") {
 #ifdef STARGAN_NCCL
+      // A failed or timed-out collective is then an exception in wait(), which we report, rather
+      // than NCCL's watchdog tearing the process down (its default). The user's setting wins.
+      setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2", 0);
       auto o = c10d::ProcessGroupNCCL::Options::create();
       o->timeout = timeout;
       pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, o);
@@ -148,7 +156,8 @@ bool stargan_pg_barrier(void* group, char* err, size_t errlen) {
 }
 
 // Ends the group. After an error (a dead peer) `abort` drops the connections without waiting on
-// anyone; a clean end waits for the others to arrive, so rank 0's store outlives their last read.
+// anyone. (Gloo's `shutdown` does nothing; the Rust side ends a run with a collective every rank
+// takes, so no rank leaves while another still needs it.)
 void stargan_pg_free(void* group, bool clean) {
   auto* g = static_cast<Group*>(group);
   if (g == nullptr) return;

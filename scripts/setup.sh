@@ -15,7 +15,7 @@ CUDART_VERSION=13.0.96
 CUPTI_VERSION=13.0.85
 dest=libtorch
 stamp="$dest/.stargan-stamp"
-want="torch-$TORCH_VERSION cudart-$CUDART_VERSION cupti-$CUPTI_VERSION${1:+ $1}"
+want="torch-$TORCH_VERSION cudart-$CUDART_VERSION cupti-$CUPTI_VERSION${1:+ $1 nccl-headers}"
 
 # torch-sys compiles a C++ wrapper: it needs g++.
 if ! command -v g++ >/dev/null 2>&1; then
@@ -151,9 +151,13 @@ if [ "${1:-}" = "--cuda" ]; then
     -d "$cuda_cache" \
     "cuda-toolkit[cublas,cudart,cufft,cufile,cupti,curand,cusolver,cusparse,nvjitlink,nvrtc,nvtx]==13.0.3" \
     nvidia-cudnn-cu13==9.20.0.48 nvidia-cusparselt-cu13==0.8.1 nvidia-nccl-cu13==2.29.7 \
-    nvidia-nvshmem-cu13==3.4.5
+    nvidia-nvshmem-cu13==3.4.5 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
   for w in "$cuda_cache"/nvidia_*.whl; do
     python_unzip "$w" "$tmp/nv" 'nvidia/*/lib/*.so*' 'nvidia/*/*/lib/*.so*'
+    # Headers for csrc/c10d.cpp's NCCL part: ProcessGroupNCCL.hpp includes nccl.h (which must be
+    # the 2.29.7 torch pins: its Options embed ncclConfig_t) and, through ATen's CUDA context, the
+    # runtime's, cuBLAS', cuSPARSE's and cuSOLVER's headers. build.rs finds them in cuda/.
+    python_unzip "$w" "$tmp/cuda" 'nvidia/*/include/*'
   done
 fi
 find "$tmp/nv" -name '*.so*' -exec mv -f {} "$tmp/lib/" \;

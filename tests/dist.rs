@@ -35,15 +35,14 @@ fn tiny(split: SyntheticLabels, precision: Precision) -> TrainConfig {
     cfg
 }
 
-/// Rows `from..from+n` of a host batch.
-fn rows(hb: &HostBatch, from: usize, n: usize) -> HostBatch {
-    let per = hb.images.len() / hb.len();
+/// Two host batches as one, rows of `a` first.
+fn concat(a: &HostBatch, b: &HostBatch) -> HostBatch {
     HostBatch {
-        source: hb.source,
-        images: hb.images[from * per..(from + n) * per].to_vec(),
-        labels: hb.labels[from..from + n].to_vec(),
-        indices: hb.indices[from..from + n].to_vec(),
-        size: hb.size,
+        source: a.source,
+        images: [a.images.clone(), b.images.clone()].concat(),
+        labels: [a.labels.clone(), b.labels.clone()].concat(),
+        indices: [a.indices.clone(), b.indices.clone()].concat(),
+        size: a.size,
     }
 }
 
@@ -150,19 +149,29 @@ struct Tolerance {
 /// 2 ranks × batch 4 against 1 process × batch 8 on the same 8 images, targets and penalty weights.
 fn equivalence(cfg: &TrainConfig, iters: usize, tol: Tolerance) {
     let (srcs, _) = sources(&cfg.data, cfg.seed, Part::Train).unwrap();
-    let loader = Loader::new(srcs, 8, cfg.seed, true).unwrap();
-    // Rank r's half of every batch, with the targets and mixing weights rank r draws; the single
-    // process gets both halves, its targets the halves' permutations side by side.
+    let loader = Loader::new(srcs.clone(), 8, cfg.seed, true).unwrap();
+    let shards: Vec<Loader> =
+        (0..2).map(|r| Loader::new(srcs.clone(), 4, cfg.seed, true).unwrap().shard(r, 2).unwrap()).collect();
+    // Rank r's batch from its shard, with the targets and mixing weights rank r draws; the single
+    // process gets both (the same images as its own batch of 8), its targets the ranks'
+    // permutations side by side.
     let mut per_rank: [Vec<Vec<Batch>>; 2] = [Vec::new(), Vec::new()];
     let mut single: Vec<Vec<Batch>> = Vec::new();
     for i in 0..iters {
         let mut its: [Vec<Batch>; 2] = [Vec::new(), Vec::new()];
         let mut one = Vec::new();
         for k in 0..loader.sources().len() {
-            let hb = loader.batch(k, i as u64).unwrap();
-            assert_eq!(hb.len(), 8);
-            let halves: Vec<Batch> = (0..2)
-                .map(|r| Batch::from_host(&rows(&hb, 4 * r, 4), i as u64, cfg.seed, r, Device::Cpu))
+            let hbs: Vec<HostBatch> = shards.iter().map(|l| l.batch(k, i as u64).unwrap()).collect();
+            let hb = concat(&hbs[0], &hbs[1]);
+            let mut ours = hb.indices.clone();
+            let mut single = loader.batch(k, i as u64).unwrap().indices;
+            ours.sort_unstable();
+            single.sort_unstable();
+            assert_eq!(ours, single, "the shards' batches are not one process's batch");
+            let halves: Vec<Batch> = hbs
+                .iter()
+                .enumerate()
+                .map(|(r, h)| Batch::from_host(h, i as u64, cfg.seed, r, Device::Cpu))
                 .collect();
             let whole = Batch::from_host(&hb, i as u64, cfg.seed, 0, Device::Cpu);
             one.push(Batch {
@@ -195,6 +204,7 @@ fn equivalence(cfg: &TrainConfig, iters: usize, tol: Tolerance) {
                         master_addr: "127.0.0.1".into(),
                         master_port: port,
                         store_prefix: String::new(),
+                        listen_fd: None,
                         source: Source::Torchrun,
                     };
                     let g = ProcessGroup::join(&rv, "gloo", Duration::from_secs(60)).unwrap();
@@ -249,7 +259,7 @@ fn equivalence(cfg: &TrainConfig, iters: usize, tol: Tolerance) {
 }
 
 // fp32: the first iteration's losses and gradients agree to 1e-5 of their scale (only the sums'
-// order differs). After 4 iterations (measured: mean |Δw| 1.4e-7 alone, 4.0e-7 jointly; 0.05% and
+// order differs). After 4 iterations (measured: mean |Δw| 1.2e-7 alone, 3.8e-7 jointly; 0.05% and
 // 0.13% of the weights past 1e-5, the near-zero gradients Adam turns into whole steps) the bounds
 // leave a factor of 4 or more; without the all-reduce the first gradients already differ by 30%.
 #[test]
@@ -266,10 +276,10 @@ fn two_ranks_equal_one_process_in_joint_training() {
 
 // bf16: convolutions round to 8 bits of mantissa, and a batch of 4 may take another kernel than a
 // batch of 8, so the first gradients agree to 1e-2 of their scale (a few bf16 roundings); after 4
-// iterations the mean |Δw| was 1.9e-5 with a third of the weights past 1e-5.
+// iterations the mean |Δw| was 1.9e-5 with a third of the weights past 1e-5 (bounds: 1e-4, 60%).
 #[test]
 fn two_ranks_equal_one_process_in_bf16() {
-    let tol = Tolerance { first: 1e-2, mean: 1e-4, far: 1.0 };
+    let tol = Tolerance { first: 1e-2, mean: 1e-4, far: 0.6 };
     equivalence(&tiny(SyntheticLabels::Celeba, Precision::Bf16), 4, tol);
 }
 
@@ -374,8 +384,12 @@ struct Background {
 
 impl Background {
     fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    fn start_with(name: &str, extra: &[&str]) -> Self {
         let dir = common::scratch("dist", name);
-        let flags = train(
+        let base = train(
             &common::tiny_flags(&dir, 100_000),
             &[
                 "--nproc-per-node",
@@ -390,6 +404,7 @@ impl Background {
                 "20",
             ],
         );
+        let flags = common::with(&base, extra);
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_stargan"))
             .args(&flags)
             .env("STARGAN_LOG", "warn")
@@ -455,7 +470,6 @@ fn a_killed_rank_ends_the_run_and_keeps_the_last_checkpoint() {
     let mut run = Background::start("kill");
     run.wait_for_checkpoint(3);
     let victim = run.rank_pid(1);
-    let survivor = run.rank_pid(0);
     unsafe { libc::kill(victim, libc::SIGKILL) };
     let t0 = std::time::Instant::now();
     // The timeout is 20 s; the launcher kills what is left 5 s after it.
@@ -466,12 +480,6 @@ fn a_killed_rank_ends_the_run_and_keeps_the_last_checkpoint() {
     assert!(stderr.contains("error: rank 0/2:"), "{stderr}");
     assert!(!stderr.contains("still running after the timeout"), "{stderr}");
     assert!(t0.elapsed() < Duration::from_secs(20), "took {:?}", t0.elapsed());
-    assert!(
-        !std::path::Path::new(&format!("/proc/{survivor}")).exists() || {
-            // A zombie until reaped is gone as far as work goes; the launcher reaped it.
-            std::fs::read_to_string(format!("/proc/{survivor}/stat")).map_or(true, |s| s.contains(") Z "))
-        }
-    );
     // Every checkpoint left reads back whole.
     let models = run.dir.join("models");
     let all = stargan::checkpoint::native::all(&models);
@@ -479,6 +487,22 @@ fn a_killed_rank_ends_the_run_and_keeps_the_last_checkpoint() {
     for it in all {
         stargan::checkpoint::native::load(&stargan::checkpoint::native::path_for(&models, it)).unwrap();
     }
+}
+
+#[test]
+fn a_write_failure_on_rank_0_stops_every_rank_together() {
+    let mut run = Background::start_with("writefail", &["--sample-step", "400"]);
+    run.wait_for_checkpoint(3);
+    // The sample folder becomes a file: rank 0's next sample grid cannot be written.
+    let samples = run.dir.join("samples");
+    std::fs::remove_dir_all(&samples).unwrap();
+    std::fs::write(&samples, b"not a folder").unwrap();
+    let (status, _, stderr) = run.wait(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(stderr.contains("error: rank 0/2: cannot write"), "{stderr}");
+    assert!(stderr.contains("error: rank 1/2: rank 0 stopped the run (its error is above)"), "{stderr}");
+    // Both ended on their own, neither killed by the launcher after a timeout.
+    assert!(!stderr.contains("still running after the timeout"), "{stderr}");
 }
 
 #[test]
@@ -498,7 +522,7 @@ fn ctrl_c_stops_every_rank_after_one_iteration_and_saves_once() {
     let loaded =
         stargan::checkpoint::native::load(&stargan::checkpoint::native::path_for(&models, it)).unwrap();
     assert_eq!((loaded.meta.iteration, loaded.meta.world_size), (it, 2));
-    // Saved once: every other checkpoint is a scheduled one.
+    // The one unscheduled checkpoint is the iteration every rank stopped after.
     assert!(stargan::checkpoint::native::all(&models).iter().all(|&k| k == it || k % 3 == 0));
     // Both ranks said they were interrupted (each got one SIGTERM from the launcher).
     assert_eq!(stderr.matches("interrupted: saving a checkpoint").count(), 2, "{stderr}");

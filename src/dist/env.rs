@@ -34,6 +34,8 @@ pub struct Rendezvous {
     pub master_port: u16,
     /// Key prefix inside the store (torchrun's agent store keeps each restart's keys apart).
     pub store_prefix: String,
+    /// Rank 0 under our launcher: the store's socket, already listening (`STARGAN_STORE_FD`).
+    pub listen_fd: Option<i32>,
     pub source: Source,
 }
 
@@ -113,7 +115,12 @@ impl Rendezvous {
         } else {
             String::new()
         };
+        let listen_fd = match source {
+            Source::Torchrun if rank == 0 => num("STARGAN_STORE_FD")?.map(|f| f as i32),
+            _ => None,
+        };
         Ok(Some(Self {
+            listen_fd,
             rank,
             world,
             local_rank,

@@ -26,15 +26,16 @@ pub fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// A free port on the loopback for rank 0's store (`MASTER_PORT` wins when set). Another program
-/// could take it before rank 0 binds it; rank 0 then says the port is in use.
-fn pick_port() -> Result<u16, DistError> {
+/// Rank 0's store address: `MASTER_PORT` when set (rank 0 binds it), else a port bound here and
+/// kept, whose listening socket rank 0 inherits, so no other program can take the port between
+/// choosing it and using it.
+fn store_socket() -> Result<(u16, Option<std::net::TcpListener>), DistError> {
     if let Some(p) = std::env::var("MASTER_PORT").ok().and_then(|p| p.parse().ok()) {
-        return Ok(p);
+        return Ok((p, None));
     }
     let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| DistError(format!("cannot find a free port on 127.0.0.1: {e}")))?;
-    Ok(l.local_addr().map_err(|e| DistError(e.to_string()))?.port())
+        .map_err(|e| DistError(format!("cannot listen on a free port of 127.0.0.1: {e}")))?;
+    Ok((l.local_addr().map_err(|e| DistError(e.to_string()))?.port(), Some(l)))
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -56,7 +57,8 @@ pub fn run_local(
     if nproc == 0 {
         return Err(DistError("a local launch needs at least one rank".into()));
     }
-    let port = pick_port()?;
+    let (port, listener) = store_socket()?;
+    let store_fd = listener.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     let mut children: Vec<Child> = Vec::with_capacity(nproc);
     for rank in 0..nproc {
         let mut cmd = Command::new(exe);
@@ -74,6 +76,30 @@ pub fn run_local(
         if rank > 0 {
             // Only rank 0 prints progress and results; every rank's errors reach stderr.
             cmd.stdout(Stdio::null());
+        }
+        let inherit = if rank == 0 { store_fd } else { None };
+        let launcher = std::process::id();
+        if let Some(fd) = inherit {
+            cmd.env("STARGAN_STORE_FD", fd.to_string());
+        }
+        // In the child, between fork and exec: only async-signal-safe calls. A rank outlives no
+        // launcher (killed, or out of memory): it gets SIGTERM, and the ranks stop together.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() as u32 != launcher {
+                    // The launcher died before the line above took effect.
+                    return Err(std::io::Error::other("the launcher is gone"));
+                }
+                if let Some(fd) = inherit {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
         }
         match cmd.spawn() {
             Ok(c) => children.push(c),
@@ -129,6 +155,7 @@ pub fn run_local(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    drop(listener);
     match first_failure {
         Some(what) => Err(DistError(what)),
         None => Ok(()),

@@ -50,6 +50,12 @@ impl BackendChoice {
     pub fn resolve(self, device: tch::Device) -> Result<&'static str, DistError> {
         match (self, device.is_cuda()) {
             (Self::Gloo, _) | (Self::Auto, false) => Ok("gloo"),
+            // Gloo moves CUDA tensors through the host: slower, but it works.
+            (Self::Auto, true) if !NCCL => Ok("gloo"),
+            (Self::Nccl, true) if !NCCL => Err(DistError(
+                "this build has no NCCL (built without NCCL's headers: scripts/setup.sh --cuda unpacks them); use gloo"
+                    .into(),
+            )),
             (Self::Nccl, false) => Err(DistError(
                 "backend nccl moves CUDA tensors only; this run is on the CPU (use gloo)".into(),
             )),
@@ -58,6 +64,9 @@ impl BackendChoice {
     }
 }
 
+/// Whether csrc/c10d.cpp was compiled with ProcessGroupNCCL (a CUDA libtorch and NCCL's headers).
+pub const NCCL: bool = cfg!(stargan_nccl);
+
 extern "C" {
     #[allow(clippy::too_many_arguments)]
     fn stargan_pg_new(
@@ -65,6 +74,7 @@ extern "C" {
         master: *const c_char,
         port: i32,
         host_store: bool,
+        listen_fd: i32,
         prefix: *const c_char,
         rank: i32,
         world: i32,
@@ -120,6 +130,8 @@ pub struct ProcessGroup {
     world: usize,
     local_rank: usize,
     backend: &'static str,
+    /// Where the group's own small tensors live (NCCL moves CUDA tensors only).
+    device: tch::Device,
     /// Set once a collective failed: the group is then aborted, not shut down, on drop (a clean
     /// shutdown would wait on the peer that is gone).
     failed: AtomicBool,
@@ -139,6 +151,7 @@ impl ProcessGroup {
     /// Join the group: rendezvous through the TCPStore the rendezvous names, then connect every
     /// pair of ranks. Waits at most `timeout` for the others.
     pub fn join(rv: &Rendezvous, backend: &'static str, timeout: Duration) -> Result<Self, DistError> {
+        let device = if backend == "nccl" { tch::Device::Cuda(rv.local_rank) } else { tch::Device::Cpu };
         let cstr = |s: &str| CString::new(s).map_err(|_| DistError(format!("`{s}` contains a NUL byte")));
         let (b, master, prefix) = (cstr(backend)?, cstr(&rv.master_addr)?, cstr(&rv.store_prefix)?);
         let mut raw = std::ptr::null_mut();
@@ -157,6 +170,7 @@ impl ProcessGroup {
                     master.as_ptr(),
                     rv.master_port as i32,
                     rv.hosts_store(),
+                    rv.listen_fd.unwrap_or(-1),
                     prefix.as_ptr(),
                     rv.rank as i32,
                     rv.world as i32,
@@ -175,6 +189,7 @@ impl ProcessGroup {
             world: rv.world,
             local_rank: rv.local_rank,
             backend,
+            device,
             failed: AtomicBool::new(false),
         })
     }
@@ -191,6 +206,10 @@ impl ProcessGroup {
     }
     pub fn backend(&self) -> &'static str {
         self.backend
+    }
+    /// The device of the tensors this group moves.
+    pub fn device(&self) -> tch::Device {
+        self.device
     }
 
     fn checked(&self, what: &str, f: impl FnOnce(*mut c_char, usize) -> bool) -> Result<(), DistError> {
@@ -224,17 +243,21 @@ impl ProcessGroup {
 
     /// The mean of one number per rank.
     pub fn mean_f64(&self, values: &mut [f64]) -> Result<(), DistError> {
-        let mut t = [Tensor::from_slice(values)];
+        let mut t = [Tensor::from_slice(values).to_device(self.device)];
         self.all_reduce_mean(&mut t)?;
-        values.copy_from_slice(&Vec::<f64>::try_from(&t[0]).map_err(|e| DistError(e.to_string()))?);
+        values.copy_from_slice(
+            &Vec::<f64>::try_from(&t[0].to_device(tch::Device::Cpu)).map_err(|e| DistError(e.to_string()))?,
+        );
         Ok(())
     }
 
     /// Rank `root`'s integers, on every rank.
     pub fn broadcast_i64(&self, values: &mut [i64], root: usize) -> Result<(), DistError> {
-        let mut t = [Tensor::from_slice(values)];
+        let mut t = [Tensor::from_slice(values).to_device(self.device)];
         self.broadcast(&mut t, root)?;
-        values.copy_from_slice(&Vec::<i64>::try_from(&t[0]).map_err(|e| DistError(e.to_string()))?);
+        values.copy_from_slice(
+            &Vec::<i64>::try_from(&t[0].to_device(tch::Device::Cpu)).map_err(|e| DistError(e.to_string()))?,
+        );
         Ok(())
     }
 

@@ -37,15 +37,26 @@ impl<'a> Ranks<'a> {
 
     /// The gradient hook of this process, watching `stop` for stop requests.
     pub fn hook(&self, stop: &'a AtomicBool) -> AllReduce<'a> {
-        AllReduce { group: self.group, stop, agreed: false }
+        AllReduce { group: self.group, stop, failed: false, agreed_stop: false, agreed_failure: false }
     }
 
     /// Rank 0's start-up outcome on every rank: `Ok(n)` (the iteration to start at) is passed on; an
     /// error stays rank 0's to report, and the others stop with a line pointing at it.
     pub fn agree_start(&self, outcome: Result<u64>) -> Result<u64> {
+        self.agree(outcome.map(|n| n as i64), "could not start the run").map(|n| n as u64)
+    }
+
+    /// Rank 0's end of the run on every rank: an error stays rank 0's to report, the others stop
+    /// with a line pointing at it. Also the last collective: no rank leaves while another needs it.
+    pub fn agree_end(&self, outcome: Result<()>) -> Result<()> {
+        self.agree(outcome.map(|()| 0), "stopped the run").map(|_| ())
+    }
+
+    /// Broadcast rank 0's non-negative result, or that it failed.
+    fn agree(&self, outcome: Result<i64>, failed: &str) -> Result<i64> {
         let Some(g) = self.group else { return outcome };
         let mut code = [match &outcome {
-            Ok(n) => *n as i64,
+            Ok(n) => *n,
             Err(_) => -1,
         }];
         let sent = g.broadcast_i64(&mut code, 0);
@@ -57,17 +68,17 @@ impl<'a> Ranks<'a> {
         sent?;
         if code[0] < 0 {
             return Err(Error::Input(format!(
-                "rank {}/{}: rank 0 could not start the run (its error is above)",
+                "rank {}/{}: rank 0 {failed} (its error is above)",
                 g.rank(),
                 g.world()
             )));
         }
-        Ok(code[0] as u64)
+        Ok(code[0])
     }
 
     /// Every rank takes rank 0's configuration or none: a rank with other settings would issue other
     /// collectives (another n_critic, another length) and hang the rest.
-    pub fn check_same_config(&self, fingerprint: u32) -> Result<()> {
+    pub fn check_same(&self, fingerprint: u32, what: &str) -> Result<()> {
         let Some(g) = self.group else { return Ok(()) };
         let mut v = [fingerprint as i64, g.world() as i64];
         g.broadcast_i64(&mut v, 0)?;
@@ -82,7 +93,7 @@ impl<'a> Ranks<'a> {
         }
         if v[0] != fingerprint as i64 {
             return Err(Error::Input(format!(
-                "rank {}/{}: its settings differ from rank 0's; every rank must be started with the same flags",
+                "rank {}/{}: its {what} differ from rank 0's; every rank must be started with the same flags and data",
                 g.rank(),
                 g.world()
             )));
@@ -134,21 +145,37 @@ impl<'a> Ranks<'a> {
 }
 
 /// Averages each network's gradients over the ranks between backward and the optimiser step, and
-/// carries the ranks' stop requests with D's.
+/// carries the ranks' stop requests and failures with D's.
 pub struct AllReduce<'a> {
     group: Option<&'a ProcessGroup>,
     stop: &'a AtomicBool,
-    agreed: bool,
+    /// This rank failed (rank 0's writing): the run must end.
+    failed: bool,
+    agreed_stop: bool,
+    agreed_failure: bool,
 }
 
 impl AllReduce<'_> {
-    /// Whether the run should stop now: this process's request when alone; in a group, whether any
-    /// rank had asked by the last D update (the same answer on every rank).
+    /// Whether the run should stop now: this process's request or failure when alone; in a group,
+    /// whether any rank had asked or failed by the last D update (the same answer on every rank).
     pub fn stop_requested(&self) -> bool {
         match self.group {
-            None => self.stop.load(Ordering::Relaxed),
-            Some(_) => self.agreed,
+            None => self.stop.load(Ordering::Relaxed) || self.failed,
+            Some(_) => self.agreed_stop || self.agreed_failure,
         }
+    }
+
+    /// Whether the run stops because a rank failed (then nothing more is saved).
+    pub fn failure_agreed(&self) -> bool {
+        match self.group {
+            None => self.failed,
+            Some(_) => self.agreed_failure,
+        }
+    }
+
+    /// Report this rank's failure with the next D update.
+    pub fn fail(&mut self) {
+        self.failed = true;
     }
 }
 
@@ -158,16 +185,18 @@ impl GradientHook for AllReduce<'_> {
         if net == Net::G {
             return Ok(g.all_reduce_mean(grads)?);
         }
-        // The flag travels in the same fp32 buffer as D's gradients: no extra collective. Its mean
-        // is above zero exactly when some rank asked.
+        // The flags travel in the same fp32 buffer as D's gradients: no extra collective. A flag's
+        // mean is above zero exactly when some rank raised it.
         let device = grads.first().map_or(tch::Device::Cpu, Tensor::device);
-        let flag = if self.stop.load(Ordering::Relaxed) { 1.0f32 } else { 0.0 };
+        let raise = |b: bool| if b { 1.0f32 } else { 0.0 };
+        let flags = [raise(self.stop.load(Ordering::Relaxed)), raise(self.failed)];
         let mut all: Vec<Tensor> = grads.iter().map(Tensor::shallow_clone).collect();
-        all.push(Tensor::from_slice(&[flag]).to_device(device));
+        all.push(Tensor::from_slice(&flags).to_device(device));
         g.all_reduce_mean(&mut all)?;
-        if all.last().expect("the flag").double_value(&[0]) > 0.0 {
-            self.agreed = true;
-        }
+        let seen = Vec::<f32>::try_from(all.last().expect("the flags").to_device(tch::Device::Cpu))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        self.agreed_stop |= seen[0] > 0.0;
+        self.agreed_failure |= seen[1] > 0.0;
         Ok(())
     }
 }

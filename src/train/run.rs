@@ -152,13 +152,23 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     train_in(cfg, Ranks::SINGLE)
 }
 
-/// What rank 0 alone sets up before the first iteration: the run's lock, the resumed checkpoint,
-/// the folders and the effective configuration. Returns the iteration to start at.
+/// What rank 0 alone holds while it writes: the run's lock, the logs, the sample grid's inputs.
+struct Writer {
+    _lock: crate::files::DirLock,
+    logs: Logs,
+    fixed: Fixed,
+}
+
+/// What rank 0 alone sets up before the first iteration (everything that can fail on it alone, so
+/// the other ranks hear of a failure before the first collective of training): the run's lock, the
+/// resumed checkpoint, the folders, the effective configuration, the logs and the sample inputs.
+/// Returns them and the iteration to start at.
 fn set_up_writer(
     cfg: &TrainConfig,
     model: &mut StarGan,
     world: usize,
-) -> Result<(crate::files::DirLock, u64)> {
+    grid_loader: &Loader,
+) -> Result<(Writer, u64)> {
     // One run per folder, taken before anything else: a second trainer would interleave the logs
     // and overwrite checkpoints.
     let lock = crate::files::DirLock::acquire(&cfg.output.model_save_dir).map_err(Error::Input)?;
@@ -178,7 +188,9 @@ fn set_up_writer(
     }
     create_dirs(cfg)?;
     write_config(cfg)?;
-    Ok((lock, start))
+    let logs = open_logs(cfg, start)?;
+    let fixed = fixed_inputs(grid_loader, &model.layout, model.g.device())?;
+    Ok((Writer { _lock: lock, logs, fixed }, start))
 }
 
 fn open_logs(cfg: &TrainConfig, start: u64) -> Result<Logs> {
@@ -200,8 +212,19 @@ fn fingerprint(cfg: &TrainConfig) -> u32 {
     crc32c::crc32c(toml::to_string(cfg).unwrap_or_default().as_bytes())
 }
 
+/// The data every rank must see alike (labels and each data set's size: the shards and the last
+/// batches depend on them), as one number.
+fn data_fingerprint(layout: &LabelLayout, loader: &Loader) -> u32 {
+    let sizes: Vec<String> = loader.sources().iter().map(|s| s.len().to_string()).collect();
+    crc32c::crc32c(format!("{:?} {}", layout, sizes.join(",")).as_bytes())
+}
+
 /// Train as one rank of `ranks` (or alone): the same loop, with the group's hooks. Only rank 0
 /// writes; every rank returns the same outcome.
+///
+/// Which collectives run depends only on the iteration and the configuration. A failure of rank 0's
+/// writing (a full disk) does not return at once: its writes stop, a failure flag rides on the next
+/// D all-reduce so that every rank stops after the same iteration, and the run's end is agreed.
 pub fn train_in(cfg: &TrainConfig, ranks: Ranks<'_>) -> Result<Outcome> {
     cfg.validate()?;
     let (rank, world, writes) = (ranks.rank(), ranks.world(), ranks.writes());
@@ -210,24 +233,25 @@ pub fn train_in(cfg: &TrainConfig, ranks: Ranks<'_>) -> Result<Outcome> {
         (Device::Cuda(_), Some(g)) => Device::Cuda(g.local_rank()),
         (d, _) => d,
     };
-    ranks.check_same_config(fingerprint(cfg))?;
+    ranks.check_same(fingerprint(cfg), "settings")?;
     let (srcs, layout) = sources(&cfg.data, cfg.seed, Part::Train)?;
+    // The sample grid's inputs come from the unsharded order: the same images whatever the world.
+    let grid_loader = Loader::new(srcs.clone(), cfg.optim.batch_size, cfg.seed, true)?;
     let loader = Arc::new(Loader::new(srcs, cfg.optim.batch_size, cfg.seed, true)?.shard(rank, world)?);
+    ranks.check_same(data_fingerprint(&layout, &loader), "data (labels or number of images)")?;
     let mut model = StarGan::from_config(cfg, layout.clone(), device);
 
-    let (lock, start) = if writes {
-        match set_up_writer(cfg, &mut model, world) {
-            Ok((lock, start)) => (Some(lock), Ok(start)),
+    let (writer, start) = if writes {
+        match set_up_writer(cfg, &mut model, world, &grid_loader) {
+            Ok((w, start)) => (Some(w), Ok(start)),
             Err(e) => (None, Err(e)),
         }
     } else {
         (None, Ok(0))
     };
     let start = ranks.agree_start(start)?;
-    let _lock = lock;
+    let mut writer = writer;
     ranks.broadcast_model(&mut model)?;
-    let mut logs = if writes { Some(open_logs(cfg, start)?) } else { None };
-    let fixed = if writes { Some(fixed_inputs(&loader, &layout, device)?) } else { None };
 
     if writes {
         tracing::info!(
@@ -253,6 +277,8 @@ pub fn train_in(cfg: &TrainConfig, ranks: Ranks<'_>) -> Result<Outcome> {
 
     let prefetch = Prefetcher::spawn(loader.clone(), start, cfg.optim.num_iters, 2);
     let mut hook = ranks.hook(&STOP);
+    // Rank 0's first write failure; once set, it writes nothing more.
+    let mut write_failed: Option<Error> = None;
     let t0 = Instant::now();
     let mut done = start;
     for i in start..cfg.optim.num_iters {
@@ -288,38 +314,58 @@ pub fn train_in(cfg: &TrainConfig, ranks: Ranks<'_>) -> Result<Outcome> {
         done = i + 1;
         bar.set_position(done);
 
-        if let Some(logs) = logs.as_mut().filter(|_| done % cfg.output.log_step == 0) {
-            log_step(&bar, logs, &logged, done, cfg, t0, loader.skipped())?;
-        }
-        if done % cfg.output.sample_step == 0 {
+        // The collectives first, on every rank; then rank 0's writes, while they succeed.
+        let sample = done % cfg.output.sample_step == 0;
+        let save = done % cfg.output.model_save_step == 0 || done == cfg.optim.num_iters;
+        if sample || save {
             ranks.average_running_stats(&model)?;
-            if let (Some(fixed), Some(logs)) = (fixed.as_ref(), logs.as_mut()) {
-                let path = cfg.output.sample_dir.join(format!("{done}-images.png"));
-                let grid = save_samples(&model, fixed, &path)?;
-                if let Some(tb) = logs.tb.as_mut() {
-                    let (rgb, w, h) = image_io::to_rgb8(&grid)?;
-                    tb.add_image("samples", &rgb, w, h, done as i64)?;
+        }
+        if let Some(w) = writer.as_mut().filter(|_| write_failed.is_none()) {
+            let wrote = (|| -> Result<()> {
+                if done % cfg.output.log_step == 0 {
+                    log_step(&bar, &mut w.logs, &logged, done, cfg, t0, loader.skipped())?;
                 }
-            }
-        }
-        if done % cfg.output.model_save_step == 0 || done == cfg.optim.num_iters {
-            ranks.average_running_stats(&model)?;
-            if writes {
-                let path = save_checkpoint(&model, cfg, done, world)?;
-                say(&bar, format!("Saved model checkpoints into {}...", path.display()));
+                if sample {
+                    let path = cfg.output.sample_dir.join(format!("{done}-images.png"));
+                    let grid = save_samples(&model, &w.fixed, &path)?;
+                    if let Some(tb) = w.logs.tb.as_mut() {
+                        let (rgb, w, h) = image_io::to_rgb8(&grid)?;
+                        tb.add_image("samples", &rgb, w, h, done as i64)?;
+                    }
+                }
+                if save {
+                    let path = save_checkpoint(&model, cfg, done, world)?;
+                    say(&bar, format!("Saved model checkpoints into {}...", path.display()));
+                }
+                Ok(())
+            })();
+            if let Err(e) = wrote {
+                hook.fail();
+                write_failed = Some(e);
             }
         }
     }
     bar.finish_and_clear();
-    if let Some(tb) = logs.as_mut().and_then(|l| l.tb.as_mut()) {
-        tb.flush()?;
-    }
-    if done < cfg.optim.num_iters {
+    let interrupted = done < cfg.optim.num_iters && !hook.failure_agreed();
+    if interrupted {
         ranks.average_running_stats(&model)?;
+    }
+    if let Some(w) = writer.as_mut().filter(|_| write_failed.is_none()) {
+        let end = (|| -> Result<()> {
+            if let Some(tb) = w.logs.tb.as_mut() {
+                tb.flush()?;
+            }
+            if interrupted {
+                save_checkpoint(&model, cfg, done, world)?;
+            }
+            Ok(())
+        })();
+        write_failed = end.err();
+    }
+    // Every rank learns how rank 0's writing ended (and no rank leaves before the others are done).
+    ranks.agree_end(write_failed.map_or(Ok(()), Err))?;
+    if interrupted {
         let path = native::path_for(&cfg.output.model_save_dir, done);
-        if writes {
-            save_checkpoint(&model, cfg, done, world)?;
-        }
         return Ok(Outcome::Interrupted { iteration: done, checkpoint: path });
     }
     Ok(Outcome::Finished { iterations: done })

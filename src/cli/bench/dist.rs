@@ -52,9 +52,10 @@ fn per_iteration(
     let n = args.n_critic;
     let mut failed = None;
     let ms = time(args.warmup, args.iters, n as usize, Device::Cpu, || {
+        // After a failed collective, no more: each would wait out the timeout.
         for i in 0..n {
-            if let Err(e) = m.iteration_with(b, i + 1 == n, args.step_mode, hook) {
-                failed.get_or_insert(e);
+            if failed.is_none() {
+                failed = m.iteration_with(b, i + 1 == n, args.step_mode, hook).err();
             }
         }
     });
@@ -115,6 +116,11 @@ pub fn report(args: &BenchArgs, nproc: usize) -> Result<String> {
     if let (Some(rv), Some(out)) = (Rendezvous::from_env()?, args.dist_out.as_deref()) {
         as_rank(args, &rv, out)?;
         return Ok(String::new());
+    }
+    if nproc < 2 {
+        return Err(Error::Input(format!(
+            "--what dist compares ranks with one process: --nproc-per-node {nproc} must be 2 or more"
+        )));
     }
     let threads = tch::get_num_threads() as usize;
     // One process, all threads.

@@ -346,6 +346,11 @@ fn theoretical_peak_gflops(threads: usize) -> Option<f64> {
 
 /// Run the benchmark; returns the printed report.
 pub fn bench(args: &BenchArgs) -> Result<String> {
+    if args.dist_out.is_some() {
+        // A rank of `--what dist`: that measurement alone.
+        tch::set_num_threads(args.threads.max(1) as i32);
+        return dist::report(args, args.nproc_per_node);
+    }
     let device = args.device.resolve()?;
     let reference = args
         .reference
@@ -379,10 +384,6 @@ pub fn bench(args: &BenchArgs) -> Result<String> {
         _ => (serde_json::Value::Null, None),
     };
     report += "what        ours ms (median)   reference ms   speed-up (median of rounds, min-max)   peak RSS MB ours/ref   GFLOP/s ours/ref\n";
-    if args.dist_out.is_some() {
-        // A rank of `--what dist`: measure that alone.
-        return dist::report(args, args.nproc_per_node);
-    }
     for what in args.what.iter().filter(|w| *w != "serve" && *w != "dist") {
         let (mut ours_m, mut theirs_m, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rss_o, mut rss_t) = (None, None);
