@@ -73,6 +73,9 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Test(args) => {
+            if args.nproc_per_node.is_some() {
+                anyhow::bail!("--nproc-per-node is for `stargan train`; `stargan test` runs as one process");
+            }
             let cfg = args.resolve()?;
             set_threads(cfg.threads);
             let n = stargan::cli::test::test(&cfg)?;
