@@ -23,6 +23,29 @@ pub enum LrDecay {
     Reference,
 }
 
+/// The adversarial loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdvLoss {
+    /// The paper's WGAN form: D minimises −E[D(x)] + E[D(G(x,c))], G minimises −E[D(G(x,c))].
+    #[default]
+    Wgan,
+    /// The non-saturating logistic loss (StarGAN v2's): softplus(−D(x)) + softplus(D(G)) for D,
+    /// softplus(−D(G)) for G.
+    Ns,
+}
+
+/// D's regulariser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PenaltyKind {
+    /// WGAN-GP on interpolates of real and fake images, weight `lambda_gp` (the paper's).
+    #[default]
+    Gp,
+    /// R1 on real images, (1/2)·E[‖∇ₓ D(x)‖²], weight `lambda_r1` (Mescheder et al. 2018; StarGAN v2).
+    R1,
+}
+
 /// How an iteration is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +138,17 @@ pub struct OptimConfig {
     pub precision: Precision,
     /// Continue from the checkpoint of this iteration, or `latest`.
     pub resume_iters: Option<String>,
+    /// `wgan` (the paper's, default) or `ns` (non-saturating).
+    pub adv_loss: AdvLoss,
+    /// `gp` (the paper's, default) or `r1`.
+    pub penalty: PenaltyKind,
+    /// Weight of the R1 penalty (StarGAN v2 uses 1).
+    pub lambda_r1: f64,
+    /// Lazy regularisation (StyleGAN2): the penalty on every k-th D update only, weighted by k.
+    pub reg_every: u64,
+    /// Keep an exponential moving average of G's weights with this decay (0: none; StarGAN v2:
+    /// 0.999). Saved in checkpoints; `test`, `translate`, `eval` and the server use it.
+    pub ema_beta: f64,
 }
 
 impl Default for OptimConfig {
@@ -136,6 +170,11 @@ impl Default for OptimConfig {
             step_mode: StepMode::Fast,
             precision: Precision::Fp32,
             resume_iters: None,
+            adv_loss: AdvLoss::Wgan,
+            penalty: PenaltyKind::Gp,
+            lambda_r1: 1.0,
+            reg_every: 1,
+            ema_beta: 0.0,
         }
     }
 }
@@ -346,6 +385,7 @@ impl TrainConfig {
         range("batch_size", o.batch_size as i64, 1..=4096)?;
         range("threads", self.threads as i64, 0..=1024)?;
         range("dist_timeout", self.dist_timeout as i64, 1..=86_400)?;
+        range("reg_every", o.reg_every as i64, 1..=1_000_000)?;
         for (name, v, lo, hi) in [
             ("g_lr", o.g_lr, f64::MIN_POSITIVE, 1.0),
             ("d_lr", o.d_lr, f64::MIN_POSITIVE, 1.0),
@@ -354,6 +394,8 @@ impl TrainConfig {
             ("lambda_cls", o.lambda_cls, 0.0, 1e6),
             ("lambda_rec", o.lambda_rec, 0.0, 1e6),
             ("lambda_gp", o.lambda_gp, 0.0, 1e6),
+            ("lambda_r1", o.lambda_r1, 0.0, 1e6),
+            ("ema_beta", o.ema_beta, 0.0, 1.0 - f64::EPSILON),
         ] {
             if !(v.is_finite() && (lo..=hi).contains(&v)) {
                 let what = if hi < 1.0 {

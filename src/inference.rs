@@ -67,7 +67,9 @@ pub fn load(path: &Path, names: Option<&[String]>, device: Device) -> Result<Mod
 pub fn from_training(loaded: &native::Loaded, path: &Path, device: Device) -> Result<Model> {
     let meta = &loaded.meta;
     let g = Generator::new(meta.g, device);
-    g.weights.load(&loaded.generator()).map_err(weights_err(path))?;
+    // A run that kept a moving average of G translates with it (as StarGAN v2 does).
+    let weights = loaded.generator_ema().unwrap_or_else(|| loaded.generator());
+    g.weights.load(&weights).map_err(weights_err(path))?;
     let d = Discriminator::new(meta.d, device);
     d.weights.load(&loaded.discriminator()).map_err(weights_err(path))?;
     Ok(Model {

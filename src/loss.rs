@@ -57,3 +57,25 @@ pub fn classification(logits: &Tensor, target: &Tensor, kind: LabelKind) -> Tens
 pub fn reconstruction(x_real: &Tensor, x_rec: &Tensor) -> Tensor {
     (x_real - x_rec).abs().mean(Kind::Float)
 }
+
+/// The non-saturating loss on logits that should read "real": E[softplus(−D)] (D on real images;
+/// G on its own images). BCE-with-logits against ones, as StarGAN v2's `adv_loss(out, 1)`.
+pub fn non_saturating_real(out_src: &Tensor) -> Tensor {
+    (-out_src).softplus().mean(Kind::Float)
+}
+
+/// The non-saturating loss on logits that should read "fake": E[softplus(D)] (D on G's images).
+pub fn non_saturating_fake(out_src: &Tensor) -> Tensor {
+    out_src.softplus().mean(Kind::Float)
+}
+
+/// R1 (Mescheder et al. 2018), as StarGAN v2's `r1_reg`: (1/2)·E_x[‖∇ₓ Σ D_src(x)‖²] on real
+/// images, the sum over D's patch outputs of each image. Double backward, like the GP.
+pub fn r1_penalty(d: &Discriminator, x_real: &Tensor) -> Tensor {
+    let n = x_real.size()[0];
+    let x = x_real.detach().set_requires_grad(true);
+    let (out_src, _) = d.forward(&x);
+    let total = out_src.sum(Kind::Float);
+    let grad = crate::precision::suspended(|| Tensor::run_backward(&[&total], &[&x], true, true)).remove(0);
+    grad.pow_tensor_scalar(2).view([n, -1]).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float) * 0.5
+}

@@ -14,7 +14,7 @@ use common::*;
 use stargan::checkpoint::{infer_discriminator, infer_generator, read_tensors};
 use stargan::labels::{celeba_domain, onehot_domain, LabelLayout};
 use stargan::model::{Discriminator, Generator, NormStats};
-use stargan::train::{Batch, DLosses, GLosses, Lambdas, StarGan, StepMode};
+use stargan::train::{Batch, DLosses, GLosses, Lambdas, Recipe, StarGan, StepMode};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -316,6 +316,91 @@ fn run_scenario(dir: &Path) {
     }
     check_fast_mode(dir, &e, &t);
     check_bf16(dir, &e, &t);
+    check_recipes(dir, &e, &t);
+}
+
+/// The recipes beyond the reference's, against PyTorch renditions of StarGAN v2's formulas
+/// (tests/fixtures/recipes, made by make_fixture.py there) on the scenario's first batch, before
+/// any optimiser step, so to 1e-5 like the reference step: the non-saturating D and G losses, R1
+/// (double backward) and their gradients; lazy regularisation's weighting; one moving-average step.
+fn check_recipes(dir: &Path, e: &Expected, t: &HashMap<String, Tensor>) {
+    use stargan::config::{AdvLoss, PenaltyKind};
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    if !fixture_matches(dir, &name, "recipes") {
+        return;
+    }
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/recipes/{name}.safetensors"));
+    let want: HashMap<String, Tensor> = Tensor::read_safetensors(&fixture)
+        .unwrap_or_else(|err| panic!("{}: {err}", fixture.display()))
+        .into_iter()
+        .collect();
+    let (_, keys) = layout(e);
+    let mut model = build(dir, e);
+    model.recipe = Recipe { adv: AdvLoss::Ns, penalty: PenaltyKind::R1, lambda_r1: 1.0, reg_every: 1 };
+    let b = batch(t, &format!("it0_{}", keys[0]), 0, &model.layout);
+    let (dl, dgrads) = model.d_gradients(&b);
+    let (gl, ggrads) = model.g_gradients(&b);
+    let mut loss_err: f64 = 0.0;
+    for (key, actual) in [
+        ("d_loss.real", &dl.real),
+        ("d_loss.fake", &dl.fake),
+        ("d_loss.cls", &dl.cls),
+        ("d_loss.r1", &dl.gp),
+        ("d_loss.total", &dl.total),
+        ("g_loss.fake", &gl.fake),
+        ("g_loss.rec", &gl.rec),
+        ("g_loss.cls", &gl.cls),
+        ("g_loss.total", &gl.total),
+    ] {
+        loss_err = loss_err.max(check_loss(
+            &format!("{name} recipes {key}"),
+            actual,
+            &want[key].double_value(&[]).into(),
+            None,
+        ));
+    }
+    let mut grad_err: f64 = 0.0;
+    for (prefix, net, grads) in [("dgrad", &model.d.weights, &dgrads), ("ggrad", &model.g.weights, &ggrads)] {
+        for (pname, grad) in net.parameter_names().iter().zip(grads.iter()) {
+            let what = format!("{name} recipes {prefix} {pname}");
+            grad_err =
+                grad_err.max(assert_close_rel(&what, grad, &want[&format!("{prefix}.{pname}")], ACT_TOL));
+        }
+    }
+    // Lazy regularisation, k = 4: on D's update 0 the penalty weighs 4·λ_r1; on update 1 it is not
+    // computed at all.
+    let parts =
+        value(&want["d_loss.real"]) + value(&want["d_loss.fake"]) + e.lambda_cls * value(&want["d_loss.cls"]);
+    model.recipe.reg_every = 4;
+    let lazy = value(&model.d_loss(&b).total);
+    let expect = parts + 4.0 * value(&want["d_loss.r1"]);
+    assert!((lazy - expect).abs() <= LOSS_TOL * expect.abs(), "{name}: lazy total {lazy} vs {expect}");
+    model.d_opt.step = 1;
+    let skipped = model.d_loss(&b);
+    assert_eq!(value(&skipped.gp), 0.0);
+    assert!((value(&skipped.total) - parts).abs() <= LOSS_TOL * parts.abs(), "{name}: unregularised total");
+    // The moving average: from the initial G, one step toward the fixture's trained G.
+    let ema = stargan::train::ema::Ema::new(&model.g, 0.999);
+    let mut trained: HashMap<String, Tensor> = model.g.weights.snapshot().into_iter().collect();
+    for pname in model.g.weights.parameter_names() {
+        trained.insert(pname.clone(), want[&format!("ema.trained.{pname}")].shallow_clone());
+    }
+    model.g.weights.load(&trained).unwrap();
+    ema.update(&model.g);
+    let mut ema_err: f64 = 0.0;
+    for pname in model.g.weights.parameter_names() {
+        let got = ema.g.weights.get(&pname).unwrap();
+        ema_err = ema_err.max(assert_close_rel(
+            &format!("{name} ema {pname}"),
+            got,
+            &want[&format!("ema.after.{pname}")],
+            ACT_TOL,
+        ));
+    }
+    println!("parity {name}: {:<26} max error {loss_err:.3e}", "NS + R1 losses vs PyTorch");
+    println!("parity {name}: {:<26} max error {grad_err:.3e}", "NS + R1 grads vs PyTorch");
+    println!("parity {name}: {:<26} max error {ema_err:.3e}", "EMA step vs torch.lerp");
 }
 
 /// bf16 against PyTorch's own autocast on the same step (tests/fixtures/bf16, made by
@@ -328,11 +413,16 @@ const BF16_TOL: f64 = 1e-3;
 /// The fixture set a bf16 fixture was made from: FNV-1a of the scenario's initial weights. Another
 /// set (other weights, other batch) has nothing to compare against, and is skipped with a reason.
 fn bf16_fixture_matches(dir: &Path, name: &str) -> bool {
+    fixture_matches(dir, name, "bf16")
+}
+
+/// Whether `tests/fixtures/<which>` was made from this scenario's initial weights (its sets.json).
+fn fixture_matches(dir: &Path, name: &str, which: &str) -> bool {
     let mut h = stargan::rng::Fnv1a::default();
     for f in ["0-G.ckpt", "0-D.ckpt"] {
         h.write(&std::fs::read(dir.join(f)).unwrap());
     }
-    let sets = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bf16/sets.json");
+    let sets = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{which}/sets.json"));
     let sets: HashMap<String, String> =
         serde_json::from_str(&std::fs::read_to_string(&sets).unwrap()).expect("sets.json");
     let ours = format!("{:016x}", h.0);
@@ -340,7 +430,7 @@ fn bf16_fixture_matches(dir: &Path, name: &str) -> bool {
         Some(made_from) if *made_from == ours => true,
         other => {
             println!(
-                "parity {name}: bf16 check skipped: tests/fixtures/bf16 was made from initial weights {} \
+                "parity {name}: {which} check skipped: tests/fixtures/{which} was made from initial weights {} \
                  and this set's are {ours}",
                 other.map_or("(none for this scenario)", String::as_str)
             );

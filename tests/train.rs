@@ -366,3 +366,47 @@ fn a_full_disk_fails_cleanly_and_keeps_the_previous_checkpoint() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+/// The recipes beyond the reference's (non-saturating loss, R1, lazy regularisation, a moving
+/// average of G) train, resume bit for bit (the average and the lazy schedule included), and the
+/// average is what translation uses.
+#[test]
+fn later_recipes_train_resume_exactly_and_translate_with_the_average() {
+    use stargan::config::{AdvLoss, PenaltyKind};
+    tch::set_num_threads(1);
+    let k = 3;
+    let recipe = |dir: &Path, iters| {
+        let mut cfg = tiny_config(dir, iters);
+        cfg.optim.num_iters_decay = 0;
+        cfg.optim.adv_loss = AdvLoss::Ns;
+        cfg.optim.penalty = PenaltyKind::R1;
+        cfg.optim.reg_every = 2;
+        cfg.optim.ema_beta = 0.9;
+        cfg.optim.n_critic = 1;
+        cfg.output.log_step = 1;
+        cfg
+    };
+    let straight = scratch("recipe-straight");
+    stargan::train::train(&recipe(&straight, 2 * k)).unwrap();
+    let split = scratch("recipe-split");
+    stargan::train::train(&recipe(&split, k)).unwrap();
+    let mut resumed = recipe(&split, 2 * k);
+    resumed.optim.resume_iters = Some("latest".into());
+    stargan::train::train(&resumed).unwrap();
+    let path = native::path_for(&straight.join("models"), 2 * k);
+    let a = read_tensors(&path).unwrap();
+    let b = read_tensors(&native::path_for(&split.join("models"), 2 * k)).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (name, ta) in &a.tensors {
+        assert!(ta.equal(&b.tensors[name]), "{name} differs after resume");
+    }
+    // The average is saved, lags G, and is the generator inference loads.
+    let avg = a.tensors.get("G_ema.main.0.weight").expect("the checkpoint keeps G's moving average");
+    let g = &a.tensors["G.main.0.weight"];
+    assert!(!avg.equal(g), "after 6 G steps with beta 0.9 the average differs from G");
+    let model = stargan::inference::load(&path, None, tch::Device::Cpu).unwrap();
+    assert!(model.g.weights.get("main.0.weight").unwrap().equal(avg));
+    // A run's log names its penalty.
+    let metrics = std::fs::read_to_string(straight.join("logs/metrics.jsonl")).unwrap();
+    assert!(metrics.contains("D/loss_r1") && !metrics.contains("D/loss_gp"), "{metrics}");
+}

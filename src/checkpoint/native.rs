@@ -80,6 +80,8 @@ pub fn latest_valid(dir: &Path) -> (Option<(u64, Loaded)>, Broken) {
 /// What a training checkpoint holds of a run: both networks, their optimisers, the labels.
 pub struct Nets<'a> {
     pub g: &'a Generator,
+    /// The moving average of G, when the run keeps one (saved as `G_ema.*`).
+    pub g_ema: Option<&'a Generator>,
     pub d: &'a Discriminator,
     pub g_opt: &'a Adam,
     pub d_opt: &'a Adam,
@@ -112,6 +114,7 @@ pub fn save(
         ("D.", model.d.weights.snapshot()),
         ("G_opt.", model.g_opt.state()),
         ("D_opt.", model.d_opt.state()),
+        ("G_ema.", model.g_ema.map(|g| g.weights.snapshot()).unwrap_or_default()),
     ] {
         tensors.extend(entries.into_iter().map(|(k, t)| (format!("{prefix}{k}"), t)));
     }
@@ -134,6 +137,11 @@ impl Loaded {
     }
     pub fn discriminator(&self) -> HashMap<String, tch::Tensor> {
         strip_prefix(&self.file.tensors, "D.")
+    }
+    /// The moving average of G, when the run kept one.
+    pub fn generator_ema(&self) -> Option<HashMap<String, tch::Tensor>> {
+        let w = strip_prefix(&self.file.tensors, "G_ema.");
+        (!w.is_empty()).then_some(w)
     }
 }
 

@@ -53,6 +53,26 @@ pub struct RunArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lambda_gp: Option<f64>,
+    /// The adversarial loss [default: wgan, the paper's].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adv_loss: Option<crate::config::AdvLoss>,
+    /// D's penalty [default: gp, the paper's].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub penalty: Option<crate::config::PenaltyKind>,
+    /// Weight of the R1 penalty [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda_r1: Option<f64>,
+    /// Lazy regularisation: the penalty on every k-th D update, weighted by k [default: 1].
+    #[arg(long, value_name = "K")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reg_every: Option<u64>,
+    /// Keep a moving average of G's weights with this decay, used to sample and translate (0: none) [default: 0].
+    #[arg(long, value_name = "BETA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ema_beta: Option<f64>,
 
     // Training configuration.
     /// Which data to train on [default: synthetic when no data flags are given].

@@ -403,8 +403,15 @@ pub fn export(args: &ExportArgs) -> Result<Vec<PathBuf>> {
     g.weights.load(&loaded.generator()).map_err(weights_err)?;
     let d = Discriminator::new(loaded.meta.d, Device::Cpu);
     d.weights.load(&loaded.discriminator()).map_err(weights_err)?;
+    let mut nets = vec![("G", g.weights.snapshot()), ("D", d.weights.snapshot())];
+    if let Some(avg) = loaded.generator_ema() {
+        // The moving average, which `translate` uses: a G like any other to PyTorch.
+        let g_ema = Generator::new(loaded.meta.g, Device::Cpu);
+        g_ema.weights.load(&avg).map_err(weights_err)?;
+        nets.push(("G_ema", g_ema.weights.snapshot()));
+    }
     let mut files = Vec::new();
-    for (net, weights) in [("G", g.weights.snapshot()), ("D", d.weights.snapshot())] {
+    for (net, weights) in nets {
         // snapshot() lists the reference's state-dict order.
         let (out, bytes) = match args.format {
             ExportFormat::Safetensors => {

@@ -2,7 +2,9 @@
 //! (ARCHITECTURE.md: nothing below `cli/` knows the command line); their names here are the ones
 //! their serde form uses in `--config` files.
 
-use crate::config::{DatasetKind, DeviceChoice, LrDecay, Precision, StepMode, SyntheticLabels};
+use crate::config::{
+    AdvLoss, DatasetKind, DeviceChoice, LrDecay, PenaltyKind, Precision, StepMode, SyntheticLabels,
+};
 use crate::dist::BackendChoice;
 use crate::face::Align;
 use clap::builder::PossibleValue;
@@ -67,4 +69,14 @@ value_enum!(BackendChoice {
     Auto => "auto": "NCCL for CUDA devices, Gloo on the CPU",
     Gloo => "gloo": "Gloo (CPU tensors; CUDA tensors through the host)",
     Nccl => "nccl": "NCCL (CUDA tensors; needs a CUDA libtorch)",
+});
+
+value_enum!(AdvLoss {
+    Wgan => "wgan": "The paper's WGAN form (with the GP: WGAN-GP)",
+    Ns => "ns": "The non-saturating logistic loss (StarGAN v2's)",
+});
+
+value_enum!(PenaltyKind {
+    Gp => "gp": "WGAN-GP on interpolated images, weight --lambda-gp (the paper's)",
+    R1 => "r1": "R1 on real images, weight --lambda-r1 (StarGAN v2's)",
 });

@@ -106,7 +106,10 @@ impl<'a> Ranks<'a> {
     pub fn broadcast_model(&self, model: &mut StarGan) -> Result<()> {
         let Some(g) = self.group else { return Ok(()) };
         let mut ts: Vec<Tensor> = Vec::new();
-        for w in [&model.g.weights, &model.d.weights] {
+        for w in [Some(&model.g.weights), Some(&model.d.weights), model.ema.as_ref().map(|e| &e.g.weights)]
+            .into_iter()
+            .flatten()
+        {
             ts.extend(w.iter().map(|(_, t, _)| t.shallow_clone()));
         }
         for opt in [&model.g_opt, &model.d_opt] {
@@ -124,12 +127,14 @@ impl<'a> Ranks<'a> {
     /// together would hold. (The counters agree already: every rank takes the same steps.)
     pub fn average_running_stats(&self, model: &StarGan) -> Result<()> {
         let Some(g) = self.group else { return Ok(()) };
-        let mut ts: Vec<Tensor> = [&model.g.weights, &model.d.weights]
-            .into_iter()
-            .flat_map(|w| w.iter())
-            .filter(|(_, t, r)| *r == Role::Buffer && t.kind() == Kind::Float)
-            .map(|(_, t, _)| t.shallow_clone())
-            .collect();
+        let mut ts: Vec<Tensor> =
+            [Some(&model.g.weights), Some(&model.d.weights), model.ema.as_ref().map(|e| &e.g.weights)]
+                .into_iter()
+                .flatten()
+                .flat_map(|w| w.iter())
+                .filter(|(_, t, r)| *r == Role::Buffer && t.kind() == Kind::Float)
+                .map(|(_, t, _)| t.shallow_clone())
+                .collect();
         g.all_reduce_mean(&mut ts)?;
         Ok(())
     }

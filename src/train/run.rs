@@ -63,12 +63,20 @@ fn scalar(t: &Tensor) -> f64 {
     t.double_value(&[])
 }
 
-fn loss_values(d: &DLosses, g: Option<&GLosses>) -> Vec<(&'static str, f64)> {
+fn loss_values(
+    d: &DLosses,
+    g: Option<&GLosses>,
+    penalty: crate::config::PenaltyKind,
+) -> Vec<(&'static str, f64)> {
+    let penalty_tag = match penalty {
+        crate::config::PenaltyKind::Gp => "D/loss_gp",
+        crate::config::PenaltyKind::R1 => "D/loss_r1",
+    };
     let mut v = vec![
         ("D/loss_real", scalar(&d.real)),
         ("D/loss_fake", scalar(&d.fake)),
         ("D/loss_cls", scalar(&d.cls)),
-        ("D/loss_gp", scalar(&d.gp)),
+        (penalty_tag, scalar(&d.gp)),
     ];
     if let Some(g) = g {
         v.extend([
@@ -103,7 +111,11 @@ fn save_samples(model: &StarGan, fixed: &Fixed, path: &Path) -> Result<Tensor> {
         for c in &fixed.targets {
             // Frozen statistics: sampling must not change the training state (the reference's
             // sampling does move the running averages, which only eval-mode inference would see).
-            columns.push(model.g.forward_with(&fixed.x, c, crate::model::NormStats::PerImageFrozen));
+            columns.push(model.g_for_inference().forward_with(
+                &fixed.x,
+                c,
+                crate::model::NormStats::PerImageFrozen,
+            ));
         }
     });
     let grid = image_io::grid(&columns);
@@ -297,7 +309,7 @@ pub fn train_in(cfg: &TrainConfig, ranks: Ranks<'_>) -> Result<Outcome> {
                 // Checked when the losses are read anyway (reading syncs the device); the weights
                 // are checked before every save, so no checkpoint of non-finite weights is written.
                 // In a group the values are the ranks' mean, so every rank decides alike.
-                let mut values = loss_values(&d, g.as_ref());
+                let mut values = loss_values(&d, g.as_ref(), model.recipe.penalty);
                 let mut totals = vec![scalar(&d.total), g.as_ref().map_or(0.0, |g| scalar(&g.total))];
                 let mut all: Vec<f64> = values.iter().map(|(_, v)| *v).chain(totals.drain(..)).collect();
                 ranks.mean(&mut all)?;

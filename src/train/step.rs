@@ -4,7 +4,7 @@
 //! mixing weights) so that the same step can replay the reference's fixtures or a resumed run.
 
 pub use crate::config::StepMode;
-use crate::config::TrainConfig;
+use crate::config::{AdvLoss, PenaltyKind, TrainConfig};
 use crate::data::source::HostBatch;
 use crate::labels::LabelLayout;
 use crate::loss;
@@ -25,6 +25,25 @@ pub struct Lambdas {
 impl Default for Lambdas {
     fn default() -> Self {
         Self { cls: 1.0, rec: 10.0, gp: 10.0 }
+    }
+}
+
+/// The training recipe beyond the loss weights: the reference's by default (WGAN-GP every step),
+/// or later work's (the non-saturating loss, R1, lazy regularisation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recipe {
+    pub adv: AdvLoss,
+    pub penalty: PenaltyKind,
+    /// R1's weight (the GP's is `Lambdas::gp`).
+    pub lambda_r1: f64,
+    /// The penalty on every k-th D update only (counted by D's Adam steps, so a resumed run
+    /// regularises where an uninterrupted one would), weighted by k.
+    pub reg_every: u64,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Self { adv: AdvLoss::Wgan, penalty: PenaltyKind::Gp, lambda_r1: 1.0, reg_every: 1 }
     }
 }
 
@@ -103,6 +122,9 @@ pub struct StarGan {
     /// Forward passes and losses run under this precision's autocast; backward passes and the
     /// optimisers do not (the reference's bf16 recipe, bench/reference.py).
     pub precision: Precision,
+    pub recipe: Recipe,
+    /// The moving average of G's weights, when the run keeps one (updated after each G step).
+    pub ema: Option<super::ema::Ema>,
 }
 
 fn gradients(loss: &Tensor, params: &[Tensor]) -> Vec<Tensor> {
@@ -142,7 +164,17 @@ impl StarGan {
     ) -> Self {
         let g_opt = Adam::new(&g.weights.parameters(), lr.0, betas.0, betas.1);
         let d_opt = Adam::new(&d.weights.parameters(), lr.1, betas.0, betas.1);
-        Self { g, d, layout, lambdas, g_opt, d_opt, precision: Precision::Fp32 }
+        Self {
+            g,
+            d,
+            layout,
+            lambdas,
+            g_opt,
+            d_opt,
+            precision: Precision::Fp32,
+            recipe: Recipe::default(),
+            ema: None,
+        }
     }
 
     /// Networks sized by the configuration for the given label layout, initialised from the seed.
@@ -165,6 +197,12 @@ impl StarGan {
         let lambdas = Lambdas { cls: o.lambda_cls, rec: o.lambda_rec, gp: o.lambda_gp };
         let mut model = StarGan::new(g, d, layout, lambdas, (o.g_lr, o.d_lr), (o.beta1, o.beta2));
         model.precision = o.precision;
+        model.recipe =
+            Recipe { adv: o.adv_loss, penalty: o.penalty, lambda_r1: o.lambda_r1, reg_every: o.reg_every };
+        // Made after D, so the reference recipe's initialisation draws stay as they were.
+        if o.ema_beta > 0.0 {
+            model.ema = Some(super::ema::Ema::new(&model.g, o.ema_beta));
+        }
         model
     }
 
@@ -197,14 +235,32 @@ impl StarGan {
             let (real_src, real_cls) = self.d.forward(&b.x);
             (real_src, real_cls, self.d.forward(&x_fake).0)
         };
-        let real = loss::adversarial_real(&real_src);
+        let (real, fake) = match self.recipe.adv {
+            AdvLoss::Wgan => (loss::adversarial_real(&real_src), loss::adversarial_fake(&fake_src)),
+            AdvLoss::Ns => (loss::non_saturating_real(&real_src), loss::non_saturating_fake(&fake_src)),
+        };
         let cls = loss::classification(&self.layout.slice_logits(b.domain, &real_cls), &b.label, kind);
-        let fake = loss::adversarial_fake(&fake_src);
 
-        let gp = loss::gradient_penalty(&self.d, &b.x, &x_fake, &b.alpha);
+        let (gp, weight) = self.penalty(b, &x_fake);
 
-        let total = &real + &fake + &cls * self.lambdas.cls + &gp * self.lambdas.gp;
+        let total = &real + &fake + &cls * self.lambdas.cls + &gp * weight;
         DLosses { real, fake, cls, gp, total }
+    }
+
+    /// D's penalty of this update and its weight: the configured one on every `reg_every`-th D
+    /// update, weighted by `reg_every`; zero in between.
+    fn penalty(&self, b: &Batch, x_fake: &Tensor) -> (Tensor, f64) {
+        let k = self.recipe.reg_every.max(1);
+        if !(self.d_opt.step as u64).is_multiple_of(k) {
+            return (Tensor::zeros([], (tch::Kind::Float, b.x.device())), 0.0);
+        }
+        // k = 1 multiplies by exactly 1.0: the reference recipe's numbers are unchanged.
+        match self.recipe.penalty {
+            PenaltyKind::Gp => {
+                (loss::gradient_penalty(&self.d, &b.x, x_fake, &b.alpha), self.lambdas.gp * k as f64)
+            }
+            PenaltyKind::R1 => (loss::r1_penalty(&self.d, &b.x), self.recipe.lambda_r1 * k as f64),
+        }
     }
 
     /// L_G = −L_adv(fake) + λ_rec·L_rec + λ_cls·L_cls(fake, c_trg).
@@ -222,7 +278,10 @@ impl StarGan {
         let label_trg = b.label_trg();
         let c_org = self.layout.condition(b.domain, &b.label);
         let (out_src, out_cls) = self.d.forward(x_fake);
-        let fake = -loss::adversarial_fake(&out_src);
+        let fake = match self.recipe.adv {
+            AdvLoss::Wgan => -loss::adversarial_fake(&out_src),
+            AdvLoss::Ns => loss::non_saturating_real(&out_src),
+        };
         let cls = loss::classification(&self.layout.slice_logits(b.domain, &out_cls), &label_trg, kind);
 
         let x_rec = self.g.forward(x_fake, &c_org);
@@ -252,9 +311,17 @@ impl StarGan {
         self.d_opt.step(&self.d.weights.parameters(), grads);
     }
 
-    /// Adam's step on G with these gradients.
+    /// Adam's step on G with these gradients, then the moving average's step.
     pub fn apply_g(&mut self, grads: &[Tensor]) {
         self.g_opt.step(&self.g.weights.parameters(), grads);
+        if let Some(ema) = &self.ema {
+            ema.update(&self.g);
+        }
+    }
+
+    /// The generator to sample and translate with: the moving average when there is one.
+    pub fn g_for_inference(&self) -> &Generator {
+        self.ema.as_ref().map_or(&self.g, |e| &e.g)
     }
 
     pub fn d_step(&mut self, b: &Batch) -> DLosses {
@@ -336,6 +403,7 @@ impl StarGan {
     pub fn nets(&self) -> crate::checkpoint::native::Nets<'_> {
         crate::checkpoint::native::Nets {
             g: &self.g,
+            g_ema: self.ema.as_ref().map(|e| &e.g),
             d: &self.d,
             g_opt: &self.g_opt,
             d_opt: &self.d_opt,
@@ -350,7 +418,25 @@ impl StarGan {
         path: &std::path::Path,
     ) -> Result<(), crate::checkpoint::CheckpointError> {
         let (g, d, layout) = (&self.g, &self.d, &self.layout);
-        crate::checkpoint::native::restore(loaded, (g, d), layout, &mut self.g_opt, &mut self.d_opt, path)
+        crate::checkpoint::native::restore(loaded, (g, d), layout, &mut self.g_opt, &mut self.d_opt, path)?;
+        if let Some(ema) = &self.ema {
+            match loaded.generator_ema() {
+                Some(w) => {
+                    ema.g.weights.load(&w).map_err(|e| crate::checkpoint::CheckpointError::Invalid {
+                        path: path.to_path_buf(),
+                        reason: format!("its G_ema: {e}"),
+                    })?
+                }
+                None => {
+                    tracing::warn!(
+                        "{} has no moving average of G; it starts from G's weights",
+                        path.display()
+                    );
+                    ema.reset(&self.g);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Set both learning rates (decay schedules).
