@@ -63,8 +63,10 @@ fn scalar(t: &Tensor) -> f64 {
     t.double_value(&[])
 }
 
+/// The log's values: D's and G's losses, with `penalty_value`, the latest computed penalty.
 fn loss_values(
     d: &DLosses,
+    penalty_value: &Tensor,
     g: Option<&GLosses>,
     penalty: crate::config::PenaltyKind,
 ) -> Vec<(&'static str, f64)> {
@@ -76,7 +78,7 @@ fn loss_values(
         ("D/loss_real", scalar(&d.real)),
         ("D/loss_fake", scalar(&d.fake)),
         ("D/loss_cls", scalar(&d.cls)),
-        (penalty_tag, scalar(&d.gp)),
+        (penalty_tag, scalar(penalty_value)),
     ];
     if let Some(g) = g {
         v.extend([
@@ -289,6 +291,7 @@ pub fn train_in(cfg: &TrainConfig, ranks: Ranks<'_>) -> Result<Outcome> {
 
     let prefetch = Prefetcher::spawn(loader.clone(), start, cfg.optim.num_iters, 2);
     let mut hook = ranks.hook(&STOP);
+    let mut last_penalty: Vec<Option<Tensor>> = (0..loader.sources().len()).map(|_| None).collect();
     // Rank 0's first write failure; once set, it writes nothing more.
     let mut write_failed: Option<Error> = None;
     let t0 = Instant::now();
@@ -305,11 +308,16 @@ pub fn train_in(cfg: &TrainConfig, ranks: Ranks<'_>) -> Result<Outcome> {
             let b = Batch::from_host(hb, i, cfg.seed, rank, device);
             let with_g = (i + 1) % cfg.optim.n_critic == 0;
             let (d, g) = model.iteration_with(&b, with_g, cfg.optim.step_mode, &mut hook)?;
+            if d.penalized {
+                // Logged until the next update that computes it (lazy regularisation).
+                last_penalty[hb.source] = Some(d.gp.detach());
+            }
             if (i + 1) % cfg.output.log_step == 0 {
                 // Checked when the losses are read anyway (reading syncs the device); the weights
                 // are checked before every save, so no checkpoint of non-finite weights is written.
                 // In a group the values are the ranks' mean, so every rank decides alike.
-                let mut values = loss_values(&d, g.as_ref(), model.recipe.penalty);
+                let penalty = last_penalty[hb.source].as_ref().unwrap_or(&d.gp);
+                let mut values = loss_values(&d, penalty, g.as_ref(), model.recipe.penalty);
                 let mut totals = vec![scalar(&d.total), g.as_ref().map_or(0.0, |g| scalar(&g.total))];
                 let mut all: Vec<f64> = values.iter().map(|(_, v)| *v).chain(totals.drain(..)).collect();
                 ranks.mean(&mut all)?;

@@ -100,6 +100,8 @@ pub struct DLosses {
     pub cls: Tensor,
     pub gp: Tensor,
     pub total: Tensor,
+    /// Whether this update computed the penalty (lazy regularisation skips it in between).
+    pub penalized: bool,
 }
 
 #[derive(Debug)]
@@ -244,7 +246,7 @@ impl StarGan {
         let (gp, weight) = self.penalty(b, &x_fake);
 
         let total = &real + &fake + &cls * self.lambdas.cls + &gp * weight;
-        DLosses { real, fake, cls, gp, total }
+        DLosses { real, fake, cls, gp, total, penalized: weight != 0.0 }
     }
 
     /// D's penalty of this update and its weight: the configured one on every `reg_every`-th D
