@@ -85,7 +85,8 @@ pub fn from_training(loaded: &native::Loaded, path: &Path, device: Device) -> Re
 /// `200000-G.ckpt` → `200000-D.ckpt` in the same folder, if it exists.
 fn sibling_d(g_path: &Path) -> Option<PathBuf> {
     let name = g_path.file_name()?.to_str()?;
-    let d_name = name.replacen("-G.", "-D.", 1);
+    // `{it}-G.ckpt`, or the moving average `export` writes beside it, `{it}-G_ema.ckpt`.
+    let d_name = name.replacen("-G_ema.", "-D.", 1).replacen("-G.", "-D.", 1);
     (d_name != name).then(|| g_path.with_file_name(d_name)).filter(|p| p.exists())
 }
 

@@ -308,7 +308,7 @@ pub fn train_in(cfg: &TrainConfig, ranks: Ranks<'_>) -> Result<Outcome> {
             let b = Batch::from_host(hb, i, cfg.seed, rank, device);
             let with_g = (i + 1) % cfg.optim.n_critic == 0;
             let (d, g) = model.iteration_with(&b, with_g, cfg.optim.step_mode, &mut hook)?;
-            if d.penalized {
+            if d.penalty_weight.is_some() {
                 // Logged until the next update that computes it (lazy regularisation).
                 last_penalty[hb.source] = Some(d.gp.detach());
             }
@@ -456,6 +456,28 @@ fn check_resumable(
     }
     if was.optim.n_critic != cfg.optim.n_critic {
         differ.push(format!("`n_critic` {} (now {})", was.optim.n_critic, cfg.optim.n_critic));
+    }
+    // A recipe may change on resume (a deliberate fine-tune), but not unnoticed.
+    let (o, n) = (&was.optim, &cfg.optim);
+    if o.ema_beta > 0.0 && n.ema_beta == 0.0 {
+        tracing::warn!(
+            "{} keeps a moving average of G (`ema_beta` {}); this run keeps none, so its checkpoints drop \
+             it and translation will use G itself",
+            path.display(),
+            o.ema_beta
+        );
+    }
+    if (o.adv_loss, o.penalty, o.reg_every) != (n.adv_loss, n.penalty, n.reg_every) {
+        tracing::warn!(
+            "{} was trained with `adv_loss` {:?}, `penalty` {:?}, `reg_every` {}; this run uses {:?}, {:?}, {}",
+            path.display(),
+            o.adv_loss,
+            o.penalty,
+            o.reg_every,
+            n.adv_loss,
+            n.penalty,
+            n.reg_every
+        );
     }
     if !differ.is_empty() {
         return Err(Error::Input(format!(

@@ -100,8 +100,9 @@ pub struct DLosses {
     pub cls: Tensor,
     pub gp: Tensor,
     pub total: Tensor,
-    /// Whether this update computed the penalty (lazy regularisation skips it in between).
-    pub penalized: bool,
+    /// The penalty's weight in `total` when this update computed it; `None` when lazy
+    /// regularisation skipped it.
+    pub penalty_weight: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -237,32 +238,39 @@ impl StarGan {
             let (real_src, real_cls) = self.d.forward(&b.x);
             (real_src, real_cls, self.d.forward(&x_fake).0)
         };
-        let (real, fake) = match self.recipe.adv {
-            AdvLoss::Wgan => (loss::adversarial_real(&real_src), loss::adversarial_fake(&fake_src)),
-            AdvLoss::Ns => (loss::non_saturating_real(&real_src), loss::non_saturating_fake(&fake_src)),
+        // The terms in the reference's order: real, cls, fake, then the penalty.
+        let real = match self.recipe.adv {
+            AdvLoss::Wgan => loss::adversarial_real(&real_src),
+            AdvLoss::Ns => loss::non_saturating_real(&real_src),
         };
         let cls = loss::classification(&self.layout.slice_logits(b.domain, &real_cls), &b.label, kind);
+        let fake = match self.recipe.adv {
+            AdvLoss::Wgan => loss::adversarial_fake(&fake_src),
+            AdvLoss::Ns => loss::non_saturating_fake(&fake_src),
+        };
 
-        let (gp, weight) = self.penalty(b, &x_fake);
+        let (gp, penalty_weight) = self.penalty(b, &x_fake);
 
-        let total = &real + &fake + &cls * self.lambdas.cls + &gp * weight;
-        DLosses { real, fake, cls, gp, total, penalized: weight != 0.0 }
+        let total = &real + &fake + &cls * self.lambdas.cls + &gp * penalty_weight.unwrap_or(0.0);
+        DLosses { real, fake, cls, gp, total, penalty_weight }
     }
 
-    /// D's penalty of this update and its weight: the configured one on every `reg_every`-th D
-    /// update, weighted by `reg_every`; zero in between.
-    fn penalty(&self, b: &Batch, x_fake: &Tensor) -> (Tensor, f64) {
+    /// D's penalty of this update and its weight: the configured one on every `reg_every`-th
+    /// iteration, weighted by `reg_every`; zero (and no weight) in between. Iterations are counted
+    /// by D's Adam steps, one per data set and iteration, so a resumed run regularises where an
+    /// uninterrupted one would, and every data set of joint training on the same iterations.
+    fn penalty(&self, b: &Batch, x_fake: &Tensor) -> (Tensor, Option<f64>) {
         let k = self.recipe.reg_every.max(1);
-        if !(self.d_opt.step as u64).is_multiple_of(k) {
-            return (Tensor::zeros([], (tch::Kind::Float, b.x.device())), 0.0);
+        let iteration = self.d_opt.step as u64 / self.layout.domains.len().max(1) as u64;
+        if !iteration.is_multiple_of(k) {
+            return (Tensor::zeros([], (tch::Kind::Float, b.x.device())), None);
         }
         // k = 1 multiplies by exactly 1.0: the reference recipe's numbers are unchanged.
-        match self.recipe.penalty {
-            PenaltyKind::Gp => {
-                (loss::gradient_penalty(&self.d, &b.x, x_fake, &b.alpha), self.lambdas.gp * k as f64)
-            }
-            PenaltyKind::R1 => (loss::r1_penalty(&self.d, &b.x), self.recipe.lambda_r1 * k as f64),
-        }
+        let (value, weight) = match self.recipe.penalty {
+            PenaltyKind::Gp => (loss::gradient_penalty(&self.d, &b.x, x_fake, &b.alpha), self.lambdas.gp),
+            PenaltyKind::R1 => (loss::r1_penalty(&self.d, &b.x), self.recipe.lambda_r1),
+        };
+        (value, Some(weight * k as f64))
     }
 
     /// L_G = −L_adv(fake) + λ_rec·L_rec + λ_cls·L_cls(fake, c_trg).
