@@ -10,13 +10,10 @@ use stargan::data::source::{HostBatch, Loader};
 use stargan::dist::{ProcessGroup, Rendezvous, Source};
 use stargan::train::{AllReduce, Batch, GradientHook, Net, Ranks, StarGan};
 use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
 use std::time::Duration;
 use tch::{Device, Tensor};
 
 static NEVER: AtomicBool = AtomicBool::new(false);
-/// `StarGan::from_config` seeds libtorch's global generator: one construction at a time.
-static INIT: Mutex<()> = Mutex::new(());
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -81,10 +78,7 @@ fn values(d: &stargan::train::DLosses, g: Option<&stargan::train::GLosses>) -> V
 fn run(cfg: &TrainConfig, batches: &[Vec<Batch>], ranks: Ranks<'_>) -> Seen {
     let (srcs, layout) = sources(&cfg.data, cfg.seed, Part::Train).unwrap();
     drop(srcs);
-    let mut model = {
-        let _g = INIT.lock().unwrap();
-        StarGan::from_config(cfg, layout, Device::Cpu)
-    };
+    let mut model = StarGan::from_config(cfg, layout, Device::Cpu);
     if ranks.rank() > 0 {
         // Start rank 1 elsewhere: the broadcast must bring it to rank 0's weights.
         tch::no_grad(|| {

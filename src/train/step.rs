@@ -182,6 +182,11 @@ impl StarGan {
 
     /// Networks sized by the configuration for the given label layout, initialised from the seed.
     pub fn from_config(cfg: &TrainConfig, layout: LabelLayout, device: Device) -> StarGan {
+        // The initialisation draws from libtorch's one global generator: two models built at once
+        // on two threads (a server and a trainer, parallel tests) would interleave their draws and
+        // neither would be its seed's. One construction at a time, process-wide.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         tch::manual_seed(cfg.seed as i64);
         let (m, o) = (&cfg.model, &cfg.optim);
         let g = Generator::new(
