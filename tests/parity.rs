@@ -325,16 +325,7 @@ fn run_scenario(dir: &Path) {
 /// (double backward) and their gradients; lazy regularisation's weighting; one moving-average step.
 fn check_recipes(dir: &Path, e: &Expected, t: &HashMap<String, Tensor>) {
     use stargan::config::{AdvLoss, PenaltyKind};
-    let name = dir.file_name().unwrap().to_string_lossy().to_string();
-    if !fixture_matches(dir, &name, "recipes") {
-        return;
-    }
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/recipes/{name}.safetensors"));
-    let want: HashMap<String, Tensor> = Tensor::read_safetensors(&fixture)
-        .unwrap_or_else(|err| panic!("{}: {err}", fixture.display()))
-        .into_iter()
-        .collect();
+    let Some((name, want)) = step_fixture(dir, "recipes") else { return };
     let (_, keys) = layout(e);
     let mut model = build(dir, e);
     model.recipe = Recipe { adv: AdvLoss::Ns, penalty: PenaltyKind::R1, lambda_r1: 1.0, reg_every: 1 };
@@ -342,21 +333,11 @@ fn check_recipes(dir: &Path, e: &Expected, t: &HashMap<String, Tensor>) {
     let (dl, dgrads) = model.d_gradients(&b);
     let (gl, ggrads) = model.g_gradients(&b);
     let mut loss_err: f64 = 0.0;
-    for (key, actual) in [
-        ("d_loss.real", &dl.real),
-        ("d_loss.fake", &dl.fake),
-        ("d_loss.cls", &dl.cls),
-        ("d_loss.r1", &dl.gp),
-        ("d_loss.total", &dl.total),
-        ("g_loss.fake", &gl.fake),
-        ("g_loss.rec", &gl.rec),
-        ("g_loss.cls", &gl.cls),
-        ("g_loss.total", &gl.total),
-    ] {
+    for (key, actual) in step_losses(&dl, &gl, "r1") {
         loss_err = loss_err.max(check_loss(
             &format!("{name} recipes {key}"),
             actual,
-            &want[key].double_value(&[]).into(),
+            &want[&key].double_value(&[]).into(),
             None,
         ));
     }
@@ -431,8 +412,35 @@ const BF16_TOL: f64 = 1e-3;
 
 /// The fixture set a bf16 fixture was made from: FNV-1a of the scenario's initial weights. Another
 /// set (other weights, other batch) has nothing to compare against, and is skipped with a reason.
-fn bf16_fixture_matches(dir: &Path, name: &str) -> bool {
-    fixture_matches(dir, name, "bf16")
+/// `tests/fixtures/<which>/<scenario>.safetensors` and the scenario's name, when that fixture was
+/// made from this scenario's initial weights; `None` (and a line saying why) otherwise.
+fn step_fixture(dir: &Path, which: &str) -> Option<(String, HashMap<String, Tensor>)> {
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    if !fixture_matches(dir, &name, which) {
+        return None;
+    }
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{which}/{name}.safetensors"));
+    let want = Tensor::read_safetensors(&fixture)
+        .unwrap_or_else(|err| panic!("{}: {err}", fixture.display()))
+        .into_iter()
+        .collect();
+    Some((name, want))
+}
+
+/// One step's D and G losses under the step fixtures' keys (`d_loss.<penalty>` for the penalty).
+fn step_losses<'a>(d: &'a DLosses, g: &'a GLosses, penalty: &str) -> [(String, &'a Tensor); 9] {
+    [
+        ("d_loss.real".into(), &d.real),
+        ("d_loss.fake".into(), &d.fake),
+        ("d_loss.cls".into(), &d.cls),
+        (format!("d_loss.{penalty}"), &d.gp),
+        ("d_loss.total".into(), &d.total),
+        ("g_loss.fake".into(), &g.fake),
+        ("g_loss.rec".into(), &g.rec),
+        ("g_loss.cls".into(), &g.cls),
+        ("g_loss.total".into(), &g.total),
+    ]
 }
 
 /// Whether `tests/fixtures/<which>` was made from this scenario's initial weights (its sets.json).
@@ -462,36 +470,17 @@ fn fixture_matches(dir: &Path, name: &str, which: &str) -> bool {
 /// computes what PyTorch's autocast computes: first-batch D and G losses and gradients against
 /// tests/fixtures/bf16. Also printed: how far bf16 lands from the fp32 fixture, the price of bf16.
 fn check_bf16(dir: &Path, e: &Expected, t: &HashMap<String, Tensor>) {
-    let name = dir.file_name().unwrap().to_string_lossy().to_string();
-    if !bf16_fixture_matches(dir, &name) {
-        return;
-    }
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/bf16/{name}.safetensors"));
-    let want: HashMap<String, Tensor> = Tensor::read_safetensors(&fixture)
-        .unwrap_or_else(|err| panic!("{}: {err}", fixture.display()))
-        .into_iter()
-        .collect();
+    let Some((name, want)) = step_fixture(dir, "bf16") else { return };
     let (_, keys) = layout(e);
     let mut model = build(dir, e);
     model.precision = stargan::precision::Precision::Bf16;
     let b = batch(t, &format!("it0_{}", keys[0]), 0, &model.layout);
     let (dl, dgrads) = model.d_gradients(&b);
     let (gl, ggrads) = model.g_gradients(&b);
-    let losses = [
-        ("d_loss.real", &dl.real),
-        ("d_loss.fake", &dl.fake),
-        ("d_loss.cls", &dl.cls),
-        ("d_loss.gp", &dl.gp),
-        ("d_loss.total", &dl.total),
-        ("g_loss.fake", &gl.fake),
-        ("g_loss.rec", &gl.rec),
-        ("g_loss.cls", &gl.cls),
-        ("g_loss.total", &gl.total),
-    ];
+    let losses = step_losses(&dl, &gl, "gp");
     let mut loss_err: f64 = 0.0;
     for (key, actual) in losses {
-        let x = value(&want[key]);
+        let x = value(&want[&key]);
         let err = (value(actual) - x).abs() / x.abs().max(1e-12);
         assert!(err <= BF16_TOL, "{name} bf16 {key}: {} vs PyTorch {x} (relative {err:.3e})", value(actual));
         loss_err = loss_err.max(err);

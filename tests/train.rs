@@ -145,37 +145,44 @@ fn bf16_training_keeps_fp32_state_and_tests_in_bf16() {
     assert!(dir.join("results/1-images.png").is_file());
 }
 
+/// Trains `config(dir, 2k)` straight through in `<name>-straight`, and `config(dir, k)` then a
+/// resume to 2k in `<name>-split`; asserts the two final checkpoints are equal tensor for tensor
+/// and returns them (straight, split) with the straight run's folder.
+fn straight_and_resumed(
+    name: &str,
+    k: u64,
+    config: impl Fn(&Path, u64) -> stargan::config::TrainConfig,
+) -> (PathBuf, PathBuf, PathBuf) {
+    tch::set_num_threads(1);
+    let straight = scratch(&format!("{name}-straight"));
+    stargan::train::train(&config(&straight, 2 * k)).unwrap();
+    let split = scratch(&format!("{name}-split"));
+    stargan::train::train(&config(&split, k)).unwrap();
+    // The second half: a new configuration object, as a new process would have.
+    let mut resumed = config(&split, 2 * k);
+    resumed.optim.resume_iters = Some("latest".into());
+    stargan::train::train(&resumed).unwrap();
+    let (pa, pb) =
+        (native::path_for(&straight.join("models"), 2 * k), native::path_for(&split.join("models"), 2 * k));
+    let (a, b) = (read_tensors(&pa).unwrap(), read_tensors(&pb).unwrap());
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (name, ta) in &a.tensors {
+        assert!(ta.equal(&b.tensors[name]), "{name} differs after resume");
+    }
+    (pa, pb, straight)
+}
+
 #[test]
 fn resuming_is_bit_identical_to_training_straight_through() {
-    tch::set_num_threads(1);
-    let k = 3;
-    let straight = scratch("straight");
     // A constant learning rate: the decay schedule depends on --num-iters, which differs between
     // the legs here (the schedule itself is a pure function of the iteration, tested in `config`).
-    let constant = |dir: &Path, iters| {
+    let (a, b, _) = straight_and_resumed("resume", 3, |dir, iters| {
         let mut cfg = tiny_config(dir, iters);
         cfg.optim.num_iters_decay = 0;
         cfg
-    };
-    stargan::train::train(&constant(&straight, 2 * k)).unwrap();
-    let split = scratch("split");
-    stargan::train::train(&constant(&split, k)).unwrap();
-    // The second half: a new configuration object, as a new process would have.
-    let mut resumed = constant(&split, 2 * k);
-    resumed.optim.resume_iters = Some("latest".into());
-    stargan::train::train(&resumed).unwrap();
-    let a = read_tensors(&native::path_for(&straight.join("models"), 2 * k)).unwrap();
-    let b = read_tensors(&native::path_for(&split.join("models"), 2 * k)).unwrap();
-    assert_eq!(a.tensors.len(), b.tensors.len());
-    for (name, ta) in &a.tensors {
-        let tb = &b.tensors[name];
-        assert!(ta.equal(tb), "{name} differs after resume");
-    }
+    });
     // The learning rate decayed identically too.
-    assert_eq!(
-        native::load(&native::path_for(&straight.join("models"), 2 * k)).unwrap().meta.g_lr,
-        native::load(&native::path_for(&split.join("models"), 2 * k)).unwrap().meta.g_lr
-    );
+    assert_eq!(native::load(&a).unwrap().meta.g_lr, native::load(&b).unwrap().meta.g_lr);
 }
 
 #[test]
@@ -373,9 +380,7 @@ fn a_full_disk_fails_cleanly_and_keeps_the_previous_checkpoint() {
 #[test]
 fn later_recipes_train_resume_exactly_and_translate_with_the_average() {
     use stargan::config::{AdvLoss, PenaltyKind};
-    tch::set_num_threads(1);
-    let k = 3;
-    let recipe = |dir: &Path, iters| {
+    let (path, _, straight) = straight_and_resumed("recipe", 3, |dir, iters| {
         let mut cfg = tiny_config(dir, iters);
         cfg.optim.num_iters_decay = 0;
         cfg.optim.adv_loss = AdvLoss::Ns;
@@ -385,21 +390,8 @@ fn later_recipes_train_resume_exactly_and_translate_with_the_average() {
         cfg.optim.n_critic = 1;
         cfg.output.log_step = 1;
         cfg
-    };
-    let straight = scratch("recipe-straight");
-    stargan::train::train(&recipe(&straight, 2 * k)).unwrap();
-    let split = scratch("recipe-split");
-    stargan::train::train(&recipe(&split, k)).unwrap();
-    let mut resumed = recipe(&split, 2 * k);
-    resumed.optim.resume_iters = Some("latest".into());
-    stargan::train::train(&resumed).unwrap();
-    let path = native::path_for(&straight.join("models"), 2 * k);
+    });
     let a = read_tensors(&path).unwrap();
-    let b = read_tensors(&native::path_for(&split.join("models"), 2 * k)).unwrap();
-    assert_eq!(a.tensors.len(), b.tensors.len());
-    for (name, ta) in &a.tensors {
-        assert!(ta.equal(&b.tensors[name]), "{name} differs after resume");
-    }
     // The average is saved, lags G, and is the generator inference loads.
     let avg = a.tensors.get("G_ema.main.0.weight").expect("the checkpoint keeps G's moving average");
     let g = &a.tensors["G.main.0.weight"];
