@@ -181,7 +181,7 @@ fn set_up_writer(
     cfg: &TrainConfig,
     model: &mut StarGan,
     world: usize,
-    grid_loader: &Loader,
+    sources: &[Arc<dyn crate::data::source::Source>],
 ) -> Result<(Writer, u64)> {
     // One run per folder, taken before anything else: a second trainer would interleave the logs
     // and overwrite checkpoints.
@@ -203,7 +203,9 @@ fn set_up_writer(
     create_dirs(cfg)?;
     write_config(cfg)?;
     let logs = open_logs(cfg, start)?;
-    let fixed = fixed_inputs(grid_loader, &model.layout, model.g.device())?;
+    // The sample grid's inputs come from the unsharded order: the same images whatever the world.
+    let grid_loader = Loader::new(sources.to_vec(), cfg.optim.batch_size, cfg.seed, true)?;
+    let fixed = fixed_inputs(&grid_loader, &model.layout, model.g.device())?;
     Ok((Writer { _lock: lock, logs, fixed }, start))
 }
 
@@ -249,14 +251,13 @@ pub fn train_in(cfg: &TrainConfig, ranks: Ranks<'_>) -> Result<Outcome> {
     };
     ranks.check_same(fingerprint(cfg), "settings")?;
     let (srcs, layout) = sources(&cfg.data, cfg.seed, Part::Train)?;
-    // The sample grid's inputs come from the unsharded order: the same images whatever the world.
-    let grid_loader = Loader::new(srcs.clone(), cfg.optim.batch_size, cfg.seed, true)?;
-    let loader = Arc::new(Loader::new(srcs, cfg.optim.batch_size, cfg.seed, true)?.shard(rank, world)?);
+    let loader =
+        Arc::new(Loader::new(srcs.clone(), cfg.optim.batch_size, cfg.seed, true)?.shard(rank, world)?);
     ranks.check_same(data_fingerprint(&layout, &loader), "data (labels or number of images)")?;
     let mut model = StarGan::from_config(cfg, layout.clone(), device);
 
-    let (writer, start) = if writes {
-        match set_up_writer(cfg, &mut model, world, &grid_loader) {
+    let (mut writer, start) = if writes {
+        match set_up_writer(cfg, &mut model, world, &srcs) {
             Ok((w, start)) => (Some(w), Ok(start)),
             Err(e) => (None, Err(e)),
         }
@@ -264,7 +265,6 @@ pub fn train_in(cfg: &TrainConfig, ranks: Ranks<'_>) -> Result<Outcome> {
         (None, Ok(0))
     };
     let start = ranks.agree_start(start)?;
-    let mut writer = writer;
     ranks.broadcast_model(&mut model)?;
 
     if writes {
@@ -318,8 +318,8 @@ pub fn train_in(cfg: &TrainConfig, ranks: Ranks<'_>) -> Result<Outcome> {
                 // In a group the values are the ranks' mean, so every rank decides alike.
                 let penalty = last_penalty[hb.source].as_ref().unwrap_or(&d.gp);
                 let mut values = loss_values(&d, penalty, g.as_ref(), model.recipe.penalty);
-                let mut totals = vec![scalar(&d.total), g.as_ref().map_or(0.0, |g| scalar(&g.total))];
-                let mut all: Vec<f64> = values.iter().map(|(_, v)| *v).chain(totals.drain(..)).collect();
+                let totals = [scalar(&d.total), g.as_ref().map_or(0.0, |g| scalar(&g.total))];
+                let mut all: Vec<f64> = values.iter().map(|(_, v)| *v).chain(totals).collect();
                 ranks.mean(&mut all)?;
                 if !all.iter().all(|v| v.is_finite()) {
                     bar.finish_and_clear();
