@@ -107,11 +107,22 @@ pub struct ModelConfig {
     pub d_conv_dim: i64,
     pub g_repeat_num: i64,
     pub d_repeat_num: i64,
+    /// G also predicts a per-pixel mask A and outputs A·G's image + (1−A)·x (GANimation's
+    /// attention; not the reference's architecture).
+    pub attention_mask: bool,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { c_dim: 5, c2_dim: 8, g_conv_dim: 64, d_conv_dim: 64, g_repeat_num: 6, d_repeat_num: 6 }
+        Self {
+            c_dim: 5,
+            c2_dim: 8,
+            g_conv_dim: 64,
+            d_conv_dim: 64,
+            g_repeat_num: 6,
+            d_repeat_num: 6,
+            attention_mask: false,
+        }
     }
 }
 
@@ -149,6 +160,8 @@ pub struct OptimConfig {
     /// Keep an exponential moving average of G's weights with this decay (0: none; StarGAN v2:
     /// 0.999). Saved in checkpoints; `test`, `translate`, `eval` and the server use it.
     pub ema_beta: f64,
+    /// Weight of an attention generator's mask sparsity E[A] (GANimation's λ_A: 0.1).
+    pub lambda_mask: f64,
 }
 
 impl Default for OptimConfig {
@@ -175,6 +188,7 @@ impl Default for OptimConfig {
             lambda_r1: 1.0,
             reg_every: 1,
             ema_beta: 0.0,
+            lambda_mask: 0.1,
         }
     }
 }
@@ -396,6 +410,7 @@ impl TrainConfig {
             ("lambda_gp", o.lambda_gp, 0.0, 1e6),
             ("lambda_r1", o.lambda_r1, 0.0, 1e6),
             ("ema_beta", o.ema_beta, 0.0, 1.0 - f64::EPSILON),
+            ("lambda_mask", o.lambda_mask, 0.0, 1e6),
         ] {
             if !(v.is_finite() && (lo..=hi).contains(&v)) {
                 let what = if hi < 1.0 {
@@ -407,6 +422,12 @@ impl TrainConfig {
                 };
                 return bad(format!("`{name}` {v} must be a finite number in {what}"));
             }
+        }
+        if m.attention_mask && out.save_reference_format {
+            return bad(
+                "`save_reference_format` cannot hold `attention_mask`'s generator: the reference's G has no mask"
+                    .into(),
+            );
         }
         if d.image_size % (1 << m.d_repeat_num) != 0 || d.image_size >> m.d_repeat_num == 0 {
             return bad(format!(
@@ -421,6 +442,7 @@ impl TrainConfig {
             conv_dim: m.g_conv_dim,
             c_dim: labels + 2,
             repeat_num: m.g_repeat_num,
+            attention: m.attention_mask,
         };
         let dn = crate::model::DiscriminatorConfig {
             image_size: d.image_size,

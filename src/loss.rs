@@ -79,3 +79,10 @@ pub fn r1_penalty(d: &Discriminator, x_real: &Tensor) -> Tensor {
     let grad = crate::precision::suspended(|| Tensor::run_backward(&[&total], &[&x], true, true)).remove(0);
     grad.pow_tensor_scalar(2).view([n, -1]).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float) * 0.5
 }
+
+/// An attention generator's mask sparsity (GANimation's ‖A‖, as a mean): E[A] over the translation's
+/// mask and the reconstruction's, averaged. A = 0 passes the input through, so this asks G to
+/// change only what the target labels need.
+pub fn mask_sparsity(a_fake: &Tensor, a_rec: &Tensor) -> Tensor {
+    (a_fake.mean(Kind::Float) + a_rec.mean(Kind::Float)) * 0.5
+}

@@ -16,7 +16,10 @@ fn default_configs_have_the_reference_parameter_counts() {
 
 #[test]
 fn parameter_paths_are_the_reference_state_dict_keys() {
-    let g = Generator::new(GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 2 }, Device::Cpu);
+    let g = Generator::new(
+        GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 2, attention: false },
+        Device::Cpu,
+    );
     let keys: Vec<&str> = g.weights.iter().map(|(k, _, _)| k).collect();
     for k in [
         "main.0.weight",
@@ -72,7 +75,10 @@ fn initialisation_follows_pytorch_defaults() {
         lo >= -bound && hi <= bound && hi > 0.9 * bound && lo < -0.9 * bound,
         "weights in [{lo}, {hi}], bound {bound}"
     );
-    let g = Generator::new(GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 2 }, Device::Cpu);
+    let g = Generator::new(
+        GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 2, attention: false },
+        Device::Cpu,
+    );
     assert_eq!(g.weights.get("main.1.weight").unwrap().sum(Kind::Float).double_value(&[]), 8.0);
     assert_eq!(g.weights.get("main.1.running_var").unwrap().sum(Kind::Float).double_value(&[]), 8.0);
     assert!(g.weights.iter().filter(|(_, _, r)| *r == Role::Buffer).all(|(_, t, _)| !t.requires_grad()));
@@ -80,7 +86,10 @@ fn initialisation_follows_pytorch_defaults() {
 
 #[test]
 fn forward_shapes_and_running_statistics() {
-    let g = Generator::new(GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 2 }, Device::Cpu);
+    let g = Generator::new(
+        GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 2, attention: false },
+        Device::Cpu,
+    );
     let d = Discriminator::new(
         DiscriminatorConfig { image_size: 32, conv_dim: 8, c_dim: 5, repeat_num: 5 },
         Device::Cpu,
@@ -103,7 +112,10 @@ fn forward_shapes_and_running_statistics() {
 fn bf16_autocast_runs_convolutions_in_bf16_and_restores_the_state() {
     use stargan::model::NormStats;
     use stargan::precision::{is_active, suspended, Precision};
-    let g = Generator::new(GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 1 }, Device::Cpu);
+    let g = Generator::new(
+        GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 1, attention: false },
+        Device::Cpu,
+    );
     let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
     let c = Tensor::ones([2, 5], (Kind::Float, Device::Cpu));
     let w = g.weights.get("main.0.weight").unwrap();
@@ -132,4 +144,42 @@ fn bf16_autocast_runs_convolutions_in_bf16_and_restores_the_state() {
     let diff = (&f32_out - &bf16_out).abs().max().double_value(&[]);
     assert!(diff > 0.0 && diff < 0.1, "bf16 translation differs from fp32 by {diff}");
     assert_eq!(w.kind(), Kind::Float, "weights stay fp32");
+}
+
+/// The attention option adds one Conv7 (`mask.weight`, after every reference key) and outputs
+/// A·C + (1−A)·x: with the mask's weights at zero A is exactly ½, so the output is the mean of the
+/// input and the colour image that the same weights without the mask produce.
+#[test]
+fn attention_generator_blends_its_colour_image_with_the_input() {
+    tch::manual_seed(3);
+    let cfg = GeneratorConfig { conv_dim: 8, c_dim: 5, repeat_num: 1, attention: true };
+    let g = Generator::new(cfg, Device::Cpu);
+    let plain = Generator::new(GeneratorConfig { attention: false, ..cfg }, Device::Cpu);
+    let (names, plain_names): (Vec<_>, Vec<_>) = (
+        g.weights.iter().map(|(k, _, _)| k.to_string()).collect(),
+        plain.weights.iter().map(|(k, _, _)| k.to_string()).collect(),
+    );
+    assert_eq!(names.last().map(String::as_str), Some("mask.weight"));
+    assert_eq!(names[..names.len() - 1], plain_names[..]);
+    assert_eq!(g.weights.num_parameters() - plain.weights.num_parameters(), 8 * 49);
+
+    let mut shared: std::collections::HashMap<String, Tensor> = g.weights.snapshot().into_iter().collect();
+    let inferred = stargan::checkpoint::infer_generator(&shared, std::path::Path::new("g")).unwrap();
+    assert_eq!(inferred, cfg, "a checkpoint with `mask.weight` is read as an attention generator");
+    let _ = shared.remove("mask.weight");
+    plain.weights.load(&shared).unwrap();
+    let _ = tch::no_grad(|| g.weights.get("mask.weight").unwrap().shallow_clone().zero_());
+
+    let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let c = Tensor::from_slice(&[1.0f32, 0., 0., 1., 0., 0., 1., 0., 1., 1.]).view([2, 5]);
+    let stats = stargan::model::NormStats::PerImageFrozen;
+    let (out, mask) = g.forward_masked(&x, &c, stats);
+    let mask = mask.expect("an attention generator returns its mask");
+    assert_eq!(mask.size(), [2, 1, 16, 16]);
+    assert!(mask.allclose(&Tensor::full_like(&mask, 0.5), 0.0, 0.0, false));
+    let colour = plain.forward_with(&x, &c, stats);
+    let expected = (&x + &colour) * 0.5;
+    let err = (&out - &expected).abs().max().double_value(&[]);
+    assert!(err < 1e-6, "A·C + (1−A)·x is off by {err}");
+    assert!(plain.forward_masked(&x, &c, stats).1.is_none());
 }

@@ -68,7 +68,7 @@ fn build(dir: &Path, e: &Expected) -> StarGan {
     let d = Discriminator::new(d_cfg, Device::Cpu);
     g.weights.load(&g_file).unwrap();
     d.weights.load(&d_file).unwrap();
-    let lambdas = Lambdas { cls: e.lambda_cls, rec: e.lambda_rec, gp: e.lambda_gp };
+    let lambdas = Lambdas { cls: e.lambda_cls, rec: e.lambda_rec, gp: e.lambda_gp, mask: 0.0 };
     StarGan::new(g, d, layout, lambdas, (e.g_lr, e.d_lr), (e.beta1, e.beta2))
 }
 

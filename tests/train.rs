@@ -402,3 +402,46 @@ fn later_recipes_train_resume_exactly_and_translate_with_the_average() {
     let metrics = std::fs::read_to_string(straight.join("logs/metrics.jsonl")).unwrap();
     assert!(metrics.contains("D/loss_r1") && !metrics.contains("D/loss_gp"), "{metrics}");
 }
+
+/// `--attention-mask` trains (its sparsity logged), saves `G.mask.weight`, and the checkpoint
+/// translates through the CLI as an attention generator; `--lambda-mask` without it is refused.
+#[test]
+fn attention_mask_trains_saves_its_mask_and_translates() {
+    let dir = scratch("attention");
+    let base = tiny(&dir, 2);
+    ok(run(&[&["train"][..], &args(&base, &["--attention-mask", "--lambda-mask", "0.5"])].concat()));
+    let path = native::path_for(&dir.join("models"), 2);
+    let t = read_tensors(&path).unwrap();
+    assert_eq!(t.tensors["G.mask.weight"].size()[0], 1, "the mask is one channel");
+    let model = stargan::inference::load(&path, None, tch::Device::Cpu).unwrap();
+    assert!(model.g.config.attention);
+    let metrics = std::fs::read_to_string(dir.join("logs/metrics.jsonl")).unwrap();
+    let mask: Vec<f64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("G/loss_mask")?.as_f64())
+        .collect();
+    assert!(!mask.is_empty() && mask.iter().all(|m| (0.0..=1.0).contains(m)), "{metrics}");
+
+    let input = dir.join("face.png");
+    image::RgbImage::from_pixel(16, 16, image::Rgb([90, 120, 150])).save(&input).unwrap();
+    let out = dir.join("face.out.png");
+    let (p, i, o) = (path.to_str().unwrap(), input.to_str().unwrap(), out.to_str().unwrap());
+    ok(run(&[
+        "translate",
+        "--checkpoint",
+        p,
+        "--input",
+        i,
+        "--output",
+        o,
+        "--set",
+        "Blond_Hair=1",
+        "--align",
+        "off",
+    ]));
+    assert_eq!(image::open(&out).unwrap().into_rgb8().dimensions(), (16, 16));
+
+    let other = tiny(&scratch("attention-refused"), 1);
+    let refused = run(&[&["train"][..], &args(&other, &["--lambda-mask", "0.5"])].concat());
+    assert_error(refused, "--lambda-mask");
+}

@@ -331,7 +331,8 @@ pub(crate) fn check_architecture(
 }
 
 /// The generator's architecture, read off its weights: conv_dim and c_dim from `main.0.weight`
-/// (`[conv_dim, 3 + c_dim, 7, 7]`), repeat_num from the residual blocks present.
+/// (`[conv_dim, 3 + c_dim, 7, 7]`), repeat_num from the residual blocks present, the attention
+/// output from `mask.weight`.
 pub fn infer_generator(
     tensors: &HashMap<String, Tensor>,
     path: &Path,
@@ -349,7 +350,12 @@ pub fn infer_generator(
         .keys()
         .filter_map(|k| k.strip_prefix("main.")?.split_once(".main.").map(|(i, _)| i))
         .collect();
-    let cfg = GeneratorConfig { conv_dim: s[0], c_dim: s[1] - 3, repeat_num: blocks.len() as i64 };
+    let cfg = GeneratorConfig {
+        conv_dim: s[0],
+        c_dim: s[1] - 3,
+        repeat_num: blocks.len() as i64,
+        attention: tensors.contains_key("mask.weight"),
+    };
     check_architecture("generator", cfg.check(), || cfg.weight_scalars(), Some(tensors), "", path)?;
     Ok(cfg)
 }

@@ -1,7 +1,9 @@
 //! `stargan train` / `stargan test` flags: the reference's flags in kebab-case, every one optional,
 //! layered over the dataset's defaults and a `--config` file.
 
-use crate::config::{DatasetKind, DeviceChoice, LrDecay, Precision, StepMode, SyntheticLabels, TrainConfig};
+use crate::config::{
+    DatasetKind, DeviceChoice, LrDecay, PenaltyKind, Precision, StepMode, SyntheticLabels, TrainConfig,
+};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -73,6 +75,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "BETA")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ema_beta: Option<f64>,
+    /// G also predicts a per-pixel mask A and outputs A·G's image + (1−A)·input, so what a target
+    /// does not touch passes through (GANimation's attention; not the reference's architecture).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub attention_mask: bool,
+    /// Weight of the attention mask's sparsity E[A] [default: 0.1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda_mask: Option<f64>,
 
     // Training configuration.
     /// Which data to train on [default: synthetic when no data flags are given].
@@ -278,6 +289,27 @@ impl RunArgs {
                 "it picks the built-in data's labels",
             ),
         ];
+        let o = &cfg.optim;
+        let recipe = [
+            (
+                "--lambda-r1",
+                self.lambda_r1.is_some() && o.penalty != PenaltyKind::R1,
+                "it weighs --penalty r1",
+            ),
+            (
+                "--lambda-gp",
+                self.lambda_gp.is_some() && o.penalty != PenaltyKind::Gp,
+                "it weighs --penalty gp",
+            ),
+            (
+                "--lambda-mask",
+                self.lambda_mask.is_some() && !cfg.model.attention_mask,
+                "it weighs --attention-mask's mask",
+            ),
+        ];
+        if let Some((flag, _, why)) = recipe.iter().find(|(_, bad, _)| *bad) {
+            return Err(Error::Input(format!("{flag} does not apply to this run: {why}")));
+        }
         match given.iter().find(|(_, bad, _)| *bad) {
             Some((flag, _, why)) => Err(Error::Input(format!(
                 "{flag} does not apply to --dataset {}: {why}",

@@ -364,7 +364,11 @@ pub fn info(args: &InfoArgs) -> Result<String> {
 }
 
 fn describe_g(g: &crate::model::GeneratorConfig, parameters: i64) -> String {
-    format!("conv_dim {} c_dim {} repeat_num {} - {parameters} parameters", g.conv_dim, g.c_dim, g.repeat_num)
+    let mask = if g.attention { " attention mask" } else { "" };
+    format!(
+        "conv_dim {} c_dim {} repeat_num {}{mask} - {parameters} parameters",
+        g.conv_dim, g.c_dim, g.repeat_num
+    )
 }
 
 fn describe_d(d: &crate::model::DiscriminatorConfig, parameters: i64) -> String {

@@ -1,6 +1,11 @@
 //! G(x, c): the target label is tiled over the image and concatenated as extra input channels;
 //! Conv7 → two stride-2 downsamplings → residual blocks → two transposed-conv upsamplings →
 //! Conv7 → tanh, with instance norm + ReLU after every convolution but the last. No biases.
+//!
+//! As an option (not the reference's), G also predicts a per-pixel attention mask A from the same
+//! features (a second Conv7 → sigmoid, `mask.weight`) and outputs A·C + (1−A)·x, C being the tanh
+//! image, as GANimation does: where A is 0 the input passes through untouched, so a translation that
+//! changes the hair need not repaint the background.
 
 use super::{conv_weight, InstanceNorm, NormStats, Weights};
 use crate::precision::Precision;
@@ -14,11 +19,14 @@ pub struct GeneratorConfig {
     pub c_dim: i64,
     /// Residual blocks in the bottleneck (6 in the paper).
     pub repeat_num: i64,
+    /// The attention-mask output (not the reference's architecture; see the module's note).
+    #[serde(default)]
+    pub attention: bool,
 }
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
-        Self { conv_dim: 64, c_dim: 5, repeat_num: 6 }
+        Self { conv_dim: 64, c_dim: 5, repeat_num: 6, attention: false }
     }
 }
 
@@ -46,6 +54,8 @@ impl GeneratorConfig {
             d.saturating_mul(d).saturating_mul(320),
             r.saturating_mul(d.saturating_mul(d)).saturating_mul(288),
             d.saturating_mul(147),
+            // The mask's Conv7 to one channel.
+            if self.attention { d.saturating_mul(49) } else { 0 },
         ];
         terms.iter().fold(0i128, |a, &t| a.saturating_add(t))
     }
@@ -96,6 +106,8 @@ pub struct Generator {
     decoder: Vec<ConvNorm>,
     /// The final Conv7 to RGB.
     to_rgb: Tensor,
+    /// The attention mask's Conv7 to one channel, when G has one.
+    to_mask: Option<Tensor>,
 }
 
 /// A convolution (or transposed convolution) of the given weight shape, followed by instance norm.
@@ -123,7 +135,7 @@ impl Generator {
     /// A freshly initialised generator (PyTorch's default initialisation; seed with
     /// `tch::manual_seed` for reproducibility).
     pub fn new(config: GeneratorConfig, device: Device) -> Self {
-        let GeneratorConfig { conv_dim, c_dim, repeat_num } = config;
+        let GeneratorConfig { conv_dim, c_dim, repeat_num, attention } = config;
         let mut w = Weights::default();
         let conv = |shape, stride, padding| Spec { shape, stride, padding, transposed: false };
         // Layer indices follow the reference's nn.Sequential: conv, norm, ReLU per stage.
@@ -156,7 +168,9 @@ impl Generator {
             index += 3;
         }
         let to_rgb = conv_weight(&mut w, format!("main.{index}.weight"), [3, dim, 7, 7], device);
-        Self { config, weights: w, encoder, bottleneck, decoder, to_rgb }
+        // Drawn after every reference weight, so the shared layers start where the reference's do.
+        let to_mask = attention.then(|| conv_weight(&mut w, "mask.weight".into(), [1, dim, 7, 7], device));
+        Self { config, weights: w, encoder, bottleneck, decoder, to_rgb, to_mask }
     }
 
     /// G(x, c) with per-image instance-norm statistics that update the running averages, as the
@@ -172,6 +186,12 @@ impl Generator {
     }
 
     pub fn forward_with(&self, x: &Tensor, c: &Tensor, stats: NormStats) -> Tensor {
+        self.forward_masked(x, c, stats).0
+    }
+
+    /// G(x, c) and, for an attention generator, its mask A `[N,1,H,W]` in (0, 1) (what the
+    /// mask's sparsity loss reads).
+    pub fn forward_masked(&self, x: &Tensor, c: &Tensor, stats: NormStats) -> (Tensor, Option<Tensor>) {
         let (n, _, h, w) = x.size4().expect("G expects an NCHW batch");
         let c = c.view([n, -1, 1, 1]).repeat([1, 1, h, w]);
         let mut y = Tensor::cat(&[x, &c], 1);
@@ -184,6 +204,11 @@ impl Generator {
         for layer in &self.decoder {
             y = layer.forward(&y, stats).relu();
         }
-        y.conv2d(&self.to_rgb, None::<Tensor>, [1], [3], [1], 1).tanh()
+        let colour = y.conv2d(&self.to_rgb, None::<Tensor>, [1], [3], [1], 1).tanh();
+        let Some(to_mask) = &self.to_mask else { return (colour, None) };
+        let a = y.conv2d(to_mask, None::<Tensor>, [1], [3], [1], 1).sigmoid();
+        // A·C + (1−A)·x = x + A·(C − x).
+        let out = x + &a * (colour - x);
+        (out, Some(a))
     }
 }

@@ -157,7 +157,7 @@ fn model_info(model: &Model, detector: bool, cfg: &ServeConfig) -> serde_json::V
         "labels_from_checkpoint": model.labels_known,
         "image_size": model.input_size(),
         "architecture": { "g_conv_dim": g.conv_dim, "c_dim": g.c_dim, "g_repeat_num": g.repeat_num,
-                          "discriminator": model.d.is_some() },
+                          "attention_mask": g.attention, "discriminator": model.d.is_some() },
         "precision": cfg.engine.precision.to_string(),
         "device": format!("{:?}", model.g.device()),
         "face_detector": detector,

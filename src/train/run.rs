@@ -86,6 +86,9 @@ fn loss_values(
             ("G/loss_rec", scalar(&g.rec)),
             ("G/loss_cls", scalar(&g.cls)),
         ]);
+        if let Some(m) = &g.mask {
+            v.push(("G/loss_mask", scalar(m)));
+        }
     }
     v
 }

@@ -14,17 +14,19 @@ use crate::precision::Precision;
 use crate::rng::{Purpose, Stream};
 use tch::{Device, Tensor};
 
-/// Loss weights λ_cls, λ_rec, λ_gp.
+/// Loss weights λ_cls, λ_rec, λ_gp, and λ_mask (an attention generator's only).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Lambdas {
     pub cls: f64,
     pub rec: f64,
     pub gp: f64,
+    #[serde(default)]
+    pub mask: f64,
 }
 
 impl Default for Lambdas {
     fn default() -> Self {
-        Self { cls: 1.0, rec: 10.0, gp: 10.0 }
+        Self { cls: 1.0, rec: 10.0, gp: 10.0, mask: 0.0 }
     }
 }
 
@@ -110,6 +112,8 @@ pub struct GLosses {
     pub fake: Tensor,
     pub rec: Tensor,
     pub cls: Tensor,
+    /// An attention generator's mask sparsity, E[A] over the translation and the reconstruction.
+    pub mask: Option<Tensor>,
     pub total: Tensor,
 }
 
@@ -190,7 +194,12 @@ impl StarGan {
         tch::manual_seed(cfg.seed as i64);
         let (m, o) = (&cfg.model, &cfg.optim);
         let g = Generator::new(
-            GeneratorConfig { conv_dim: m.g_conv_dim, c_dim: layout.g_dim(), repeat_num: m.g_repeat_num },
+            GeneratorConfig {
+                conv_dim: m.g_conv_dim,
+                c_dim: layout.g_dim(),
+                repeat_num: m.g_repeat_num,
+                attention: m.attention_mask,
+            },
             device,
         );
         let d = Discriminator::new(
@@ -202,7 +211,7 @@ impl StarGan {
             },
             device,
         );
-        let lambdas = Lambdas { cls: o.lambda_cls, rec: o.lambda_rec, gp: o.lambda_gp };
+        let lambdas = Lambdas { cls: o.lambda_cls, rec: o.lambda_rec, gp: o.lambda_gp, mask: o.lambda_mask };
         let mut model = StarGan::new(g, d, layout, lambdas, (o.g_lr, o.d_lr), (o.beta1, o.beta2));
         model.precision = o.precision;
         model.recipe =
@@ -278,17 +287,19 @@ impl StarGan {
         (value, Some(weight * k as f64))
     }
 
-    /// L_G = −L_adv(fake) + λ_rec·L_rec + λ_cls·L_cls(fake, c_trg).
+    /// L_G = −L_adv(fake) + λ_rec·L_rec + λ_cls·L_cls(fake, c_trg) (+ λ_mask·L_mask for an
+    /// attention generator).
     pub fn g_loss(&self, b: &Batch) -> GLosses {
         let c_trg = self.layout.condition(b.domain, &b.label_trg());
         self.autocast(b, || {
-            let x_fake = self.g.forward(&b.x, &c_trg);
-            self.g_loss_on(b, &x_fake)
+            let fake = self.g.forward_masked(&b.x, &c_trg, NormStats::PerImage);
+            self.g_loss_on(b, &fake)
         })
     }
 
-    /// L_G with G(x, c_trg) already computed (with its graph), inside the caller's autocast region.
-    fn g_loss_on(&self, b: &Batch, x_fake: &Tensor) -> GLosses {
+    /// L_G with G(x, c_trg) and its mask already computed (with their graph), inside the caller's
+    /// autocast region.
+    fn g_loss_on(&self, b: &Batch, (x_fake, fake_mask): &(Tensor, Option<Tensor>)) -> GLosses {
         let kind = self.layout.domains[b.domain].kind;
         let label_trg = b.label_trg();
         let c_org = self.layout.condition(b.domain, &b.label);
@@ -299,11 +310,16 @@ impl StarGan {
         };
         let cls = loss::classification(&self.layout.slice_logits(b.domain, &out_cls), &label_trg, kind);
 
-        let x_rec = self.g.forward(x_fake, &c_org);
+        let (x_rec, rec_mask) = self.g.forward_masked(x_fake, &c_org, NormStats::PerImage);
         let rec = loss::reconstruction(&b.x, &x_rec);
 
         let total = &fake + &rec * self.lambdas.rec + &cls * self.lambdas.cls;
-        GLosses { fake, rec, cls, total }
+        let mask = fake_mask.as_ref().zip(rec_mask).map(|(a, a_rec)| loss::mask_sparsity(a, &a_rec));
+        let total = match &mask {
+            Some(m) => total + m * self.lambdas.mask,
+            None => total,
+        };
+        GLosses { fake, rec, cls, mask, total }
     }
 
     /// D's gradients of L_D, in parameter order (the GP term's double backward included).
@@ -390,26 +406,26 @@ impl StarGan {
     }
 
     /// The fast mode's D gradients, and G(x, c_trg) (with its graph when `with_g`, for the G loss).
-    fn fast_d_gradients(&self, b: &Batch, with_g: bool) -> (Tensor, DLosses, Vec<Tensor>) {
+    fn fast_d_gradients(&self, b: &Batch, with_g: bool) -> ((Tensor, Option<Tensor>), DLosses, Vec<Tensor>) {
         let c_trg = self.layout.condition(b.domain, &b.label_trg());
         // The D update's region ends before its optimiser step: a cast weight cached across the
         // step would be stale. So the G loss gets a region (and casts of G's weights) of its own.
         let (x_fake, d) = self.autocast(b, || {
-            let x_fake = if with_g {
-                self.g.forward_with(&b.x, &c_trg, NormStats::PerImageTwice)
+            let fake = if with_g {
+                self.g.forward_masked(&b.x, &c_trg, NormStats::PerImageTwice)
             } else {
-                tch::no_grad(|| self.g.forward(&b.x, &c_trg))
+                (tch::no_grad(|| self.g.forward(&b.x, &c_trg)), None)
             };
-            let d = self.d_loss_on(b, &x_fake, true);
-            (x_fake, d)
+            let d = self.d_loss_on(b, &fake.0, true);
+            (fake, d)
         });
         let grads = gradients(&d.total, &self.d.weights.parameters());
         (x_fake, d, grads)
     }
 
     /// The fast mode's G gradients on the shared G(x, c_trg).
-    fn fast_g_gradients(&self, b: &Batch, x_fake: &Tensor) -> (GLosses, Vec<Tensor>) {
-        let g = self.autocast(b, || self.g_loss_on(b, x_fake));
+    fn fast_g_gradients(&self, b: &Batch, fake: &(Tensor, Option<Tensor>)) -> (GLosses, Vec<Tensor>) {
+        let g = self.autocast(b, || self.g_loss_on(b, fake));
         let grads = gradients(&g.total, &self.g.weights.parameters());
         (g, grads)
     }
