@@ -271,50 +271,58 @@ impl RunArgs {
         let celeba = matches!(d, DatasetKind::Celeba | DatasetKind::Both);
         // The reference's --c-dim sizes CelebA's attributes or RaFD's classes.
         let labelled = celeba || d == DatasetKind::Rafd;
+        let dataset = format!(
+            "--dataset {}",
+            toml::Value::try_from(d).map(|v| v.as_str().unwrap_or("?").to_string()).unwrap_or_default()
+        );
+        let (o, run) = (&cfg.optim, "this run");
+        // (flag, given but unused, what it does not apply to, why)
         let given = [
-            ("--c-dim", self.c_dim.is_some() && !labelled, "the labels of this data set come from its files"),
-            (
-                "--c2-dim",
-                self.c2_dim.is_some() && d != DatasetKind::Both,
-                "it sizes RaFD's part in joint training",
-            ),
-            (
-                "--attr-path",
-                self.attr_path.is_some() && !celeba && d != DatasetKind::Folder,
-                "this data set has no attribute file",
-            ),
-            (
-                "--synthetic-split",
-                self.synthetic_split.is_some() && d != DatasetKind::Synthetic,
-                "it picks the built-in data's labels",
-            ),
-        ];
-        let o = &cfg.optim;
-        let recipe = [
             (
                 "--lambda-r1",
                 self.lambda_r1.is_some() && o.penalty != PenaltyKind::R1,
+                run,
                 "it weighs --penalty r1",
             ),
             (
                 "--lambda-gp",
                 self.lambda_gp.is_some() && o.penalty != PenaltyKind::Gp,
+                run,
                 "it weighs --penalty gp",
             ),
             (
                 "--lambda-mask",
                 self.lambda_mask.is_some() && !cfg.model.attention_mask,
+                run,
                 "it weighs --attention-mask's mask",
             ),
+            (
+                "--c-dim",
+                self.c_dim.is_some() && !labelled,
+                &dataset,
+                "the labels of this data set come from its files",
+            ),
+            (
+                "--c2-dim",
+                self.c2_dim.is_some() && d != DatasetKind::Both,
+                &dataset,
+                "it sizes RaFD's part in joint training",
+            ),
+            (
+                "--attr-path",
+                self.attr_path.is_some() && !celeba && d != DatasetKind::Folder,
+                &dataset,
+                "this data set has no attribute file",
+            ),
+            (
+                "--synthetic-split",
+                self.synthetic_split.is_some() && d != DatasetKind::Synthetic,
+                &dataset,
+                "it picks the built-in data's labels",
+            ),
         ];
-        if let Some((flag, _, why)) = recipe.iter().find(|(_, bad, _)| *bad) {
-            return Err(Error::Input(format!("{flag} does not apply to this run: {why}")));
-        }
-        match given.iter().find(|(_, bad, _)| *bad) {
-            Some((flag, _, why)) => Err(Error::Input(format!(
-                "{flag} does not apply to --dataset {}: {why}",
-                toml::Value::try_from(d).map(|v| v.as_str().unwrap_or("?").to_string()).unwrap_or_default()
-            ))),
+        match given.iter().find(|(_, bad, _, _)| *bad) {
+            Some((flag, _, to, why)) => Err(Error::Input(format!("{flag} does not apply to {to}: {why}"))),
             None => Ok(()),
         }
     }

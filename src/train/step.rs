@@ -14,7 +14,8 @@ use crate::precision::Precision;
 use crate::rng::{Purpose, Stream};
 use tch::{Device, Tensor};
 
-/// Loss weights λ_cls, λ_rec, λ_gp, and λ_mask (an attention generator's only).
+/// Loss weights λ_cls, λ_rec, λ_gp, and λ_mask (an attention generator's only); the defaults are
+/// `OptimConfig`'s.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Lambdas {
     pub cls: f64,
@@ -26,7 +27,7 @@ pub struct Lambdas {
 
 impl Default for Lambdas {
     fn default() -> Self {
-        Self { cls: 1.0, rec: 10.0, gp: 10.0, mask: 0.0 }
+        Self { cls: 1.0, rec: 10.0, gp: 10.0, mask: 0.1 }
     }
 }
 
@@ -48,6 +49,9 @@ impl Default for Recipe {
         Self { adv: AdvLoss::Wgan, penalty: PenaltyKind::Gp, lambda_r1: 1.0, reg_every: 1 }
     }
 }
+
+/// G(x, c) and, for an attention generator, its mask A (which L_G's sparsity term reads).
+type Translation = (Tensor, Option<Tensor>);
 
 /// One batch of one dataset, with the randomness of its iteration.
 #[derive(Debug)]
@@ -299,7 +303,7 @@ impl StarGan {
 
     /// L_G with G(x, c_trg) and its mask already computed (with their graph), inside the caller's
     /// autocast region.
-    fn g_loss_on(&self, b: &Batch, (x_fake, fake_mask): &(Tensor, Option<Tensor>)) -> GLosses {
+    fn g_loss_on(&self, b: &Batch, (x_fake, fake_mask): &Translation) -> GLosses {
         let kind = self.layout.domains[b.domain].kind;
         let label_trg = b.label_trg();
         let c_org = self.layout.condition(b.domain, &b.label);
@@ -393,24 +397,24 @@ impl StarGan {
             self.apply_g(&grads);
             return Ok((d, Some(g)));
         }
-        let (x_fake, d, mut grads) = self.fast_d_gradients(b, with_g);
+        let (fake, d, mut grads) = self.fast_d_gradients(b, with_g);
         hook.gradients(Net::D, &mut grads)?;
         self.apply_d(&grads);
         if !with_g {
             return Ok((d, None));
         }
-        let (g, mut grads) = self.fast_g_gradients(b, &x_fake);
+        let (g, mut grads) = self.fast_g_gradients(b, &fake);
         hook.gradients(Net::G, &mut grads)?;
         self.apply_g(&grads);
         Ok((d, Some(g)))
     }
 
     /// The fast mode's D gradients, and G(x, c_trg) (with its graph when `with_g`, for the G loss).
-    fn fast_d_gradients(&self, b: &Batch, with_g: bool) -> ((Tensor, Option<Tensor>), DLosses, Vec<Tensor>) {
+    fn fast_d_gradients(&self, b: &Batch, with_g: bool) -> (Translation, DLosses, Vec<Tensor>) {
         let c_trg = self.layout.condition(b.domain, &b.label_trg());
         // The D update's region ends before its optimiser step: a cast weight cached across the
         // step would be stale. So the G loss gets a region (and casts of G's weights) of its own.
-        let (x_fake, d) = self.autocast(b, || {
+        let (fake, d) = self.autocast(b, || {
             let fake = if with_g {
                 self.g.forward_masked(&b.x, &c_trg, NormStats::PerImageTwice)
             } else {
@@ -420,11 +424,11 @@ impl StarGan {
             (fake, d)
         });
         let grads = gradients(&d.total, &self.d.weights.parameters());
-        (x_fake, d, grads)
+        (fake, d, grads)
     }
 
     /// The fast mode's G gradients on the shared G(x, c_trg).
-    fn fast_g_gradients(&self, b: &Batch, fake: &(Tensor, Option<Tensor>)) -> (GLosses, Vec<Tensor>) {
+    fn fast_g_gradients(&self, b: &Batch, fake: &Translation) -> (GLosses, Vec<Tensor>) {
         let g = self.autocast(b, || self.g_loss_on(b, fake));
         let grads = gradients(&g.total, &self.g.weights.parameters());
         (g, grads)
