@@ -212,6 +212,17 @@ fn crafted_training_metadata_and_incomplete_exports_are_refused() {
     let out = dir.join("bare.png");
     let args = ["translate", "--checkpoint", s(&bare), "--input", s(&INPUT), "--output", s(&out)];
     refused(&stargan(&[&args[..], &["--target", "0,1,0,0,0"]].concat()), "holds only 0 values");
+    // A moving average of G cut short (one tensor of it): refused as G would be, not half-loaded.
+    let cut = dir.join("cut-ema.stargan.safetensors");
+    let file = read_tensors(&ckpt).unwrap();
+    let mut tensors: Vec<(String, Tensor)> =
+        file.tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+    tensors.push(("G_ema.main.0.weight".into(), file.tensors["G.main.0.weight"].shallow_clone()));
+    write_safetensors(&cut, &tensors, Some(file.metadata.clone())).unwrap();
+    let out = dir.join("cut-ema.png");
+    let args = ["translate", "--checkpoint", s(&cut), "--input", s(&INPUT), "--output", s(&out)];
+    refused(&stargan(&[&args[..], &["--target", "0,1,0,0,0"]].concat()), "implausible moving average of G");
+    assert!(!out.exists());
     // A tensor missing: the export writes neither file.
     let holed = dir.join("holed.stargan.safetensors");
     tampered(&ckpt, &holed, |_| {}, Some("D.conv1.weight"));

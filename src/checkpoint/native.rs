@@ -164,6 +164,12 @@ fn meta_from(file: &TensorFile, path: &Path, header_only: bool) -> Result<Option
     let tensors = (!header_only).then_some(&file.tensors);
     super::check_architecture("generator", g.check(), || g.weight_scalars(), tensors, "G.", path)?;
     super::check_architecture("discriminator", d.check(), || d.weight_scalars(), tensors, "D.", path)?;
+    // A moving average, when the file has one, is a whole second G: `latest_valid` must skip a
+    // file whose average is cut short as it skips one whose G is, rather than resume and fail.
+    if tensors.is_some_and(|t| t.keys().any(|k| k.starts_with("G_ema."))) {
+        let (check, scalars) = (g.check(), || g.weight_scalars());
+        super::check_architecture("moving average of G", check, scalars, tensors, "G_ema.", path)?;
+    }
     if meta.layout.g_dim() != g.c_dim || meta.layout.d_dim() != d.c_dim {
         return Err(invalid(format!(
             "its labels ({}) do not fit its networks (G takes {}, D predicts {})",
