@@ -396,6 +396,9 @@ impl TrainConfig {
                 range(name, v as i64, 1..=8192)?;
             }
         }
+        if let Some(n) = d.synthetic_rafd_faces {
+            range("synthetic_rafd_faces", n as i64, 1..=crate::data::source::SYNTHETIC_TRAIN as i64)?;
+        }
         range("batch_size", o.batch_size as i64, 1..=4096)?;
         range("threads", self.threads as i64, 0..=1024)?;
         range("dist_timeout", self.dist_timeout as i64, 1..=86_400)?;

@@ -80,6 +80,14 @@ fn flags_outside_their_range_are_refused_by_name() {
             "too large a discriminator",
         ),
         (&["--attr-path", "x.txt"], "--attr-path does not apply"),
+        (
+            &["--synthetic-rafd-faces", "0", "--synthetic-split", "rafd"],
+            "--synthetic-rafd-faces 0 is outside 1..=20000",
+        ),
+        (
+            &["--synthetic-rafd-faces", "8"],
+            "--synthetic-rafd-faces does not apply to --synthetic-split celeba",
+        ),
     ];
     for (extra, mentions) in cases {
         let out = stargan(&strs(&with(&base, extra)));

@@ -198,6 +198,11 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub synthetic_split: Option<SyntheticLabels>,
+    /// `--dataset synthetic`: train on only the first N faces of the RaFD-like split (default:
+    /// all 20,000), to make it as scarce beside the CelebA-like split as real RaFD is.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synthetic_rafd_faces: Option<u32>,
     /// Drop images listed in the attribute file but missing on disk instead of failing.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -319,6 +324,13 @@ impl RunArgs {
                 self.synthetic_split.is_some() && d != DatasetKind::Synthetic,
                 &dataset,
                 "it picks the built-in data's labels",
+            ),
+            (
+                "--synthetic-rafd-faces",
+                self.synthetic_rafd_faces.is_some()
+                    && (d != DatasetKind::Synthetic || cfg.data.synthetic_split == SyntheticLabels::Celeba),
+                if d == DatasetKind::Synthetic { "--synthetic-split celeba" } else { &dataset },
+                "it sizes the built-in data's RaFD-like split",
             ),
         ];
         match given.iter().find(|(_, bad, _, _)| *bad) {

@@ -5,6 +5,7 @@ use super::config::{DataConfig, DatasetKind};
 use super::error::DataError;
 use super::folder::ImageFolder;
 use super::source::{user_split, AttributeSource, FolderSource, Source, SyntheticSource};
+use super::synthetic::LabelSet;
 use super::transform::Pipeline;
 use crate::labels::{celeba_domain, LabelLayout};
 use std::path::Path;
@@ -101,7 +102,11 @@ pub fn sources(
             cfg.synthetic_split
                 .sets()
                 .iter()
-                .map(|&s| SyntheticSource::new(s, seed, test, size).map(|s| Arc::new(s) as Arc<dyn Source>))
+                .map(|&s| {
+                    let faces = cfg.synthetic_rafd_faces.filter(|_| s == LabelSet::Rafd && !test);
+                    let source = SyntheticSource::new(s, seed, test, size)?;
+                    Ok(Arc::new(source.first_faces(faces)) as Arc<dyn Source>)
+                })
                 .collect::<Result<_, _>>()?
         }
     };
@@ -147,4 +152,35 @@ fn images_under(dir: &Path, max: usize) -> Result<Vec<std::path::PathBuf>, DataE
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::config::SyntheticLabels;
+
+    #[test]
+    fn a_scarce_rafd_like_split_keeps_its_first_faces_and_all_held_out_ones() {
+        let cfg = |faces| DataConfig {
+            dataset: DatasetKind::Synthetic,
+            image_size: 16,
+            synthetic_split: SyntheticLabels::Both,
+            synthetic_rafd_faces: faces,
+            ..Default::default()
+        };
+        let lens = |faces, part| -> Vec<usize> {
+            sources(&cfg(faces), 3, part).unwrap().0.iter().map(|s| s.len()).collect()
+        };
+        let (all, test) = (lens(None, Part::Train), lens(None, Part::Test));
+        assert_eq!(lens(Some(7), Part::Train), [all[0], 7], "only the RaFD-like split shrinks");
+        assert_eq!(lens(Some(7), Part::Test), test, "the held-out faces stay as they were");
+        assert_eq!(lens(Some(u32::MAX), Part::Train), all, "more than there are: all of them");
+        // The same faces as the first 7 of the whole split, labels included.
+        let (few, _) = sources(&cfg(Some(7)), 3, Part::Train).unwrap();
+        let (whole, _) = sources(&cfg(None), 3, Part::Train).unwrap();
+        for i in 0..7 {
+            assert_eq!(few[1].name(i), whole[1].name(i));
+            assert_eq!(few[1].label(i), whole[1].label(i));
+        }
+    }
 }

@@ -155,6 +155,15 @@ impl SyntheticSource {
         Ok(Self { domain, set, seed, first, count, size })
     }
 
+    /// Only the first `n` images (all when `None` or more than there are): a smaller training
+    /// split, the held-out part untouched.
+    pub fn first_faces(mut self, n: Option<u32>) -> Self {
+        if let Some(n) = n {
+            self.count = self.count.min(n as usize);
+        }
+        self
+    }
+
     /// The latent content and labels of image `i` (ground truth for evaluation).
     pub fn sample(&self, i: usize) -> (synthetic::Content, synthetic::Labels) {
         synthetic::sample(self.set, self.seed, self.first + i as u64)
