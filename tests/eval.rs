@@ -141,6 +141,7 @@ fn synthetic_celeba_metrics_files_and_cache() {
     assert!(first.classifier.path.starts_with(cfg.output.model_save_dir.to_str().unwrap()));
     check(&first, &dir.join("eval1"), 5, true);
     assert_eq!(first.datasets[0].images, 16);
+    assert!(first.datasets[0].own_labels.is_none(), "one data set: every target is its own");
 
     let second = evaluate(&options(&ckpt, &cfg, &dir.join("eval2"))).expect("second evaluation");
     assert!(second.classifier.loaded, "the cached classifier is reused");
@@ -195,6 +196,19 @@ fn joint_synthetic_layout() {
     assert!(rafd_to_male.summary.ground_truth.is_none());
     let celeba_to_happy = r.datasets[0].targets.iter().find(|t| t.label == "happy").unwrap();
     assert_eq!(celeba_to_happy.summary.ground_truth.as_ref().unwrap().pairs, 16);
+    // The RaFD-like faces on their own 8 expressions, apart (what a RaFD-only model is scored on).
+    let own = r.datasets[1].own_labels.as_ref().expect("a joint evaluation splits out each set's own labels");
+    let expressions: Vec<_> = r.datasets[1].targets.iter().filter(|t| t.domain == "RaFD").collect();
+    assert_eq!(expressions.len(), 8);
+    assert_eq!(own.pairs, expressions.iter().map(|t| t.summary.pairs).sum::<usize>());
+    let weighted: f64 = expressions.iter().map(|t| t.summary.accuracy * t.summary.pairs as f64).sum();
+    assert!((own.accuracy - weighted / own.pairs as f64).abs() < 1e-12);
+    // A run that trained on few RaFD-like faces is judged by the same classifier as one on all.
+    let mut scarce = cfg.clone();
+    scarce.data.synthetic_rafd_faces = Some(3);
+    let again = evaluate(&options(&ckpt, &scarce, &dir.join("eval-scarce"))).expect("evaluation");
+    assert!(again.classifier.loaded, "the judge is shared, not retrained on 3 faces");
+    assert_eq!(again.classifier.path, r.classifier.path);
 }
 
 #[test]

@@ -120,6 +120,9 @@ pub fn markdown(r: &EvalReport) -> String {
         for t in &d.targets {
             row(&mut o, &d.dataset, &t.target, &t.summary, false);
         }
+        if let Some(own) = &d.own_labels {
+            row(&mut o, &d.dataset, &format!("its own ({}) labels", d.dataset), own, true);
+        }
         row(&mut o, &d.dataset, "all targets", &d.summary, true);
     }
     if r.datasets.len() > 1 {
@@ -193,6 +196,9 @@ pub fn terminal(r: &EvalReport) -> String {
         );
         if let Some(a) = s.all_correct {
             line += &format!(" (all attributes {})", pct(Some(a)));
+        }
+        if let Some(own) = &d.own_labels {
+            line += &format!(" ({} on its own labels)", pct(Some(own.accuracy)));
         }
         line += &format!(", reconstruction L1 {}", num(Some(s.reconstruction_l1), 4));
         if let Some(g) = &s.ground_truth {
