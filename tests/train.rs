@@ -403,13 +403,14 @@ fn later_recipes_train_resume_exactly_and_translate_with_the_average() {
     assert!(metrics.contains("D/loss_r1") && !metrics.contains("D/loss_gp"), "{metrics}");
 }
 
-/// `--attention-mask` trains (its sparsity logged), saves `G.mask.weight`, and the checkpoint
-/// translates through the CLI as an attention generator; `--lambda-mask` without it is refused.
+/// The built-in data's default G has the attention mask: it trains (its sparsity logged), saves
+/// `G.mask.weight`, and the checkpoint translates through the CLI as an attention generator.
+/// `--attention-mask false` trains the reference's G, and `--lambda-mask` is then refused.
 #[test]
 fn attention_mask_trains_saves_its_mask_and_translates() {
     let dir = scratch("attention");
     let base = tiny(&dir, 2);
-    ok(run(&[&["train"][..], &args(&base, &["--attention-mask", "--lambda-mask", "0.5"])].concat()));
+    ok(run(&[&["train"][..], &args(&base, &["--lambda-mask", "0.5"])].concat()));
     let path = native::path_for(&dir.join("models"), 2);
     let t = read_tensors(&path).unwrap();
     assert_eq!(t.tensors["G.mask.weight"].size()[0], 1, "the mask is one channel");
@@ -441,7 +442,15 @@ fn attention_mask_trains_saves_its_mask_and_translates() {
     ]));
     assert_eq!(image::open(&out).unwrap().into_rgb8().dimensions(), (16, 16));
 
+    let plain = scratch("attention-off");
+    ok(run(&[&["train"][..], &args(&tiny(&plain, 1), &["--attention-mask", "false"])].concat()));
+    let t = read_tensors(&native::path_for(&plain.join("models"), 1)).unwrap();
+    assert!(t.tensors.contains_key("G.main.0.weight") && !t.tensors.contains_key("G.mask.weight"));
     let other = tiny(&scratch("attention-refused"), 1);
-    let refused = run(&[&["train"][..], &args(&other, &["--lambda-mask", "0.5"])].concat());
+    let refused = run(&[
+        &["train"][..],
+        &args(&other, &["--attention-mask", "false", "--lambda-mask", "0.5"]),
+    ]
+    .concat());
     assert_error(refused, "--lambda-mask");
 }

@@ -77,9 +77,10 @@ pub struct RunArgs {
     pub ema_beta: Option<f64>,
     /// G also predicts a per-pixel mask A and outputs A·G's image + (1−A)·input, so what a target
     /// does not touch passes through (GANimation's attention; not the reference's architecture).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub attention_mask: bool,
+    /// On by default for the built-in data; `--attention-mask false` trains the reference's G.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_mask: Option<bool>,
     /// Weight of the attention mask's sparsity E[A] [default: 0.1].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
