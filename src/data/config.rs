@@ -68,7 +68,7 @@ pub struct DataConfig {
     pub synthetic_split: SyntheticLabels,
     /// The built-in RaFD-like split's training faces (unset: all of them). Real RaFD has about
     /// 4,000 images beside CelebA's 200,000; a few hundred here make it as scarce beside the
-    /// CelebA-like split, which is where the paper's joint training pays.
+    /// CelebA-like split, the setting in which the paper reports that joint training pays.
     pub synthetic_rafd_faces: Option<u32>,
     /// Drop images listed in the attribute file but missing on disk instead of failing.
     pub skip_missing: bool,
